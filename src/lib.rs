@@ -1,0 +1,32 @@
+//! taskmail: agent task intents (AAMP 1.1) and agent envelopes (ASMTP) over ordinary email.
+//!
+//! # Layers (a module may only use the layers above it)
+//!
+//! ```text
+//! wire        pure codec: RFC 5322 bytes / JMAP header maps <-> typed AAMP intents, ASMTP envelopes,
+//!             human replies. No I/O, no clock reads: callers pass time and ids in.
+//! config      TOML config -> validated Config (leaf)          profile   agent + server profiles (leaf)
+//! transport   SMTP submission (lettre) and JMAP (jmap-client): the only place those crates appear
+//! store       SQLite: JMAP state, processed ids, tasks, Message-ID -> TaskId index, outbox, audit
+//! trust       sender policy, authentication verdicts, untrusted-content wrapping
+//! daemon      the worker and dispatcher pipelines
+//! cli         one file per verb; prints tables on a TTY and JSON with --json
+//! ```
+//!
+//! # Data flow
+//!
+//! Inbound: a push hint or poll tick -> `Email/changes` since the persisted state -> headers-only
+//! `Email/get` -> [`wire::message::Inbound`] -> [`wire::classify`] -> trust gate -> body -> route.
+//! Outbound: a typed intent -> [`wire::message::Outbound`] -> RFC 5322 bytes with a Message-ID we
+//! chose -> outbox row -> SMTP submission.
+//!
+//! # Where a change belongs
+//!
+//! A new header or body layout goes in `wire/` with a fixture under `fixtures/`. A new CLI verb is
+//! one file in `cli/`. Anything that talks to a server goes in `transport/`.
+
+pub mod clock;
+pub mod cli;
+pub mod config;
+pub mod profile;
+pub mod wire;

@@ -1,0 +1,1 @@
+//! Agent and server profiles (being written).

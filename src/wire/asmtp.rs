@@ -1,0 +1,1 @@
+//! ASMTP envelopes on mail (being written).

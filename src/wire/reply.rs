@@ -1,0 +1,1 @@
+//! Human replies (being written).

@@ -1,0 +1,1 @@
+//! Threading (being written).
