@@ -26,6 +26,7 @@
 //! one file in `cli/`. Anything that talks to a server goes in `transport/`.
 
 pub mod clock;
+pub mod ids;
 pub mod cli;
 pub mod config;
 pub mod profile;
