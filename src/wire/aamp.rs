@@ -383,7 +383,7 @@ pub fn truncate_ms(t: DateTime<Utc>) -> DateTime<Utc> {
 
 /// A `task.dispatch`.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
+#[serde(default, rename_all = "camelCase")]
 pub struct Dispatch {
     pub title: String,
     /// The dispatcher's instructions: the body without the labelled preamble and the footer.
@@ -397,7 +397,7 @@ pub struct Dispatch {
 
 /// A `task.help_needed`.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
+#[serde(default, rename_all = "camelCase")]
 pub struct HelpNeeded {
     pub question: String,
     pub blocked_reason: String,
@@ -406,7 +406,7 @@ pub struct HelpNeeded {
 
 /// A `task.result`.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
+#[serde(default, rename_all = "camelCase")]
 pub struct TaskResult {
     pub status: Status,
     pub output: String,
@@ -417,7 +417,7 @@ pub struct TaskResult {
 
 /// A `pair.request`.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
+#[serde(default, rename_all = "camelCase")]
 pub struct PairRequest {
     pub pair_code: String,
     /// `{key: [allowed values]}` for Dispatch-Context.
@@ -426,7 +426,7 @@ pub struct PairRequest {
 
 /// A `pair.respond`.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
+#[serde(default, rename_all = "camelCase")]
 pub struct PairRespond {
     pub status: Status,
     pub error_msg: Option<String>,
@@ -439,7 +439,10 @@ pub enum Payload {
     #[serde(rename = "task.dispatch")]
     Dispatch(Dispatch),
     #[serde(rename = "task.cancel")]
-    Cancel { reason: String },
+    Cancel {
+        #[serde(default)]
+        reason: String,
+    },
     #[serde(rename = "task.ack")]
     Ack,
     #[serde(rename = "task.help_needed")]
@@ -456,9 +459,17 @@ pub enum Payload {
     #[serde(rename = "pair.respond")]
     PairRespond(PairRespond),
     #[serde(rename = "card.query")]
-    CardQuery { text: String },
+    CardQuery {
+        #[serde(default)]
+        text: String,
+    },
     #[serde(rename = "card.response")]
-    CardResponse { summary: String, card: String },
+    CardResponse {
+        #[serde(default)]
+        summary: String,
+        #[serde(default)]
+        card: String,
+    },
 }
 
 impl Payload {
@@ -910,7 +921,8 @@ impl AampMessage {
     }
 }
 
-/// The one value of an AAMP header: identical repeats count once, different ones are an error.
+/// The one value of an AAMP header, sanitised to one line (an RFC 2047 word can smuggle CR/LF
+/// into a decoded value): identical repeats count once, different ones are an error.
 fn single(headers: &HeaderMap, name: &'static str) -> Result<Option<String>, AampError> {
     let mut found: Option<&str> = None;
     for v in headers.get_all(name) {
@@ -920,12 +932,17 @@ fn single(headers: &HeaderMap, name: &'static str) -> Result<Option<String>, Aam
             Some(_) => return Err(AampError::ConflictingHeader(name)),
         }
     }
-    Ok(found.map(|v| v.trim().to_owned()))
+    Ok(found.map(sanitize))
 }
 
 /// CRLF -> LF, then trimmed: how every AAMP reader normalises a body.
+/// NUL characters are dropped: no text that reaches an agent (argv, a prompt file) may hold one.
 pub fn normalize_body(text: &str) -> String {
-    text.replace("\r\n", "\n").replace('\r', "\n").trim().to_owned()
+    text.replace("\r\n", "\n")
+        .replace('\r', "\n")
+        .replace('\0', "")
+        .trim()
+        .to_owned()
 }
 
 /// The title of a dispatch: its Subject without the `[AAMP Task]` prefix.
@@ -936,7 +953,7 @@ pub fn title_from_subject(subject: &str) -> String {
     } else {
         s
     };
-    rest.trim().to_owned()
+    sanitize(rest)
 }
 
 /// The instructions of a dispatch body: without the `Task:`/`Task ID:`/`Priority:`/`Expires At:`

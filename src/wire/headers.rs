@@ -99,14 +99,59 @@ pub fn sanitize(value: &str) -> String {
     cleaned.trim().to_owned()
 }
 
-/// Writes `Name: value` (already sanitised) as one or more folded lines ending in CRLF.
+/// Writes `Name: value` as one or more folded lines ending in CRLF. The value is sanitised
+/// first. When part of it needs RFC 2047, the leading plain words stay readable (so that a
+/// filter matching `[AAMP Task]` in a raw Subject still matches) and only the rest is encoded.
 pub fn write_text(out: &mut String, name: &str, value: &str) {
     let value = sanitize(value);
-    if needs_encoding(name, &value) {
-        write_encoded(out, name, &value);
-    } else {
+    if !needs_encoding(name, &value) {
         write_folded_plain(out, name, &value);
+        return;
     }
+    match plain_prefix_split(name, &value) {
+        Some(i) => {
+            let mut prefix = String::new();
+            write_folded_plain(&mut prefix, name, &value[..i]);
+            // Continue the same field: drop the prefix's CRLF and fold before the words.
+            out.push_str(prefix.trim_end_matches("\r\n"));
+            out.push_str("\r\n");
+            write_encoded_words(out, &value[i + 1..], 1);
+        }
+        None => {
+            out.push_str(name);
+            out.push(':');
+            write_encoded_words(out, &value, name.len() + 1);
+        }
+    }
+}
+
+/// The byte index of the single space that ends the longest run of leading words a plain
+/// header can carry, if any.
+fn plain_prefix_split(name: &str, value: &str) -> Option<usize> {
+    let bytes = value.as_bytes();
+    let limit = HARD_LINE - name.len() - 2;
+    let mut best = None;
+    let mut word_start = 0;
+    for (i, &b) in bytes.iter().enumerate() {
+        if b == b' ' {
+            let word = &value[word_start..i];
+            if word.is_empty() || word.len() > limit || !is_plain(word) {
+                break;
+            }
+            let clean = i > 0 && bytes[i - 1] != b' ' && bytes.get(i + 1).is_some_and(|&n| n != b' ');
+            if clean {
+                best = Some(i);
+            }
+            word_start = i + 1;
+        } else if !(b.is_ascii_graphic()) {
+            break;
+        }
+    }
+    best
+}
+
+fn is_plain(word: &str) -> bool {
+    word.bytes().all(|b| b.is_ascii_graphic()) && !word.contains("=?")
 }
 
 /// Writes a header whose value is a base64url token (no white space of its own).
@@ -155,7 +200,7 @@ pub fn write_base64url(out: &mut String, name: &str, value: &str) {
 }
 
 fn needs_encoding(name: &str, value: &str) -> bool {
-    if !value.is_ascii() || value.contains("=?") || value.contains('\t') {
+    if !value.is_ascii() || value.contains("=?") {
         return true;
     }
     // A single word (run without a foldable single space) must fit on one line.
@@ -205,25 +250,33 @@ fn write_folded_plain(out: &mut String, name: &str, value: &str) {
     out.push_str("\r\n");
 }
 
-/// RFC 2047 `B` encoded words of at most 75 octets, split on character boundaries, one per line.
-fn write_encoded(out: &mut String, name: &str, value: &str) {
-    out.push_str(name);
-    out.push(':');
-    // "=?utf-8?B?" + "?=" = 12 octets; 45 input octets -> 60 base64 octets -> 72 in all.
-    const MAX_INPUT: usize = 45;
+/// RFC 2047 `B` encoded words of at most 75 octets, split on character boundaries, each on
+/// its own line; `col` is where the first one starts (after the name or on a fresh line).
+fn write_encoded_words(out: &mut String, value: &str, col: usize) {
+    // "=?utf-8?B?" + "?=" is 12 octets; every 3 input octets take 4.
+    const OVERHEAD: usize = 12;
+    const MAX_INPUT: usize = 45; // 60 base64 octets: a 73-octet continuation line
+    let first_room = SOFT_LINE.saturating_sub(col + 1 + OVERHEAD) / 4 * 3;
     let mut rest = value;
+    let mut first = true;
     while !rest.is_empty() {
-        let mut take = rest.len().min(MAX_INPUT);
+        let room = if first { first_room.clamp(6, MAX_INPUT) } else { MAX_INPUT };
+        let mut take = rest.len().min(room);
         while !rest.is_char_boundary(take) {
             take -= 1;
+        }
+        if take == 0 {
+            // A character longer than the room (never with room >= 6): take it whole.
+            take = rest.chars().next().map_or(rest.len(), char::len_utf8);
+        }
+        if !first {
+            out.push_str("\r\n");
         }
         out.push_str(" =?utf-8?B?");
         out.push_str(&STANDARD.encode(&rest.as_bytes()[..take]));
         out.push_str("?=");
         rest = &rest[take..];
-        if !rest.is_empty() {
-            out.push_str("\r\n");
-        }
+        first = false;
     }
     out.push_str("\r\n");
 }
@@ -390,9 +443,18 @@ mod tests {
     fn non_ascii_and_long_words_are_encoded() {
         for v in ["héllo wörld ✓", &"x".repeat(3000), "a =?utf-8?q?x?= b", "tab\there"] {
             let r = render("Subject", v);
-            assert!(longest_line(r.as_bytes()) <= 76, "{r}");
-            assert_eq!(as_text(&raw_value(&r, "Subject")), v);
+            assert!(longest_line(r.as_bytes()) <= SOFT_LINE, "{r}");
+            assert_eq!(as_text(&raw_value(&r, "Subject")), sanitize(v));
         }
+    }
+
+    #[test]
+    fn leading_plain_words_stay_readable() {
+        let r = render("Subject", "[AAMP Task] Résumé of the week");
+        assert!(r.starts_with("Subject: [AAMP Task]\r\n =?utf-8?B?"), "{r}");
+        assert_eq!(as_text(&raw_value(&r, "Subject")), "[AAMP Task] Résumé of the week");
+        let r = render("Subject", "a  é");
+        assert_eq!(as_text(&raw_value(&r, "Subject")), "a  é");
     }
 
     #[test]
