@@ -25,9 +25,9 @@
 //! A new header or body layout goes in `wire/` with a fixture under `fixtures/`. A new CLI verb is
 //! one file in `cli/`. Anything that talks to a server goes in `transport/`.
 
-pub mod clock;
-pub mod ids;
 pub mod cli;
+pub mod clock;
 pub mod config;
+pub mod ids;
 pub mod profile;
 pub mod wire;

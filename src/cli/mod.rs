@@ -8,6 +8,7 @@ use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
 
+pub mod config;
 pub mod output;
 pub mod parse;
 pub mod render;
@@ -76,7 +77,10 @@ pub enum Command {
     Parse(parse::ParseCommand),
     /// Print the exact RFC 5322 bytes taskmail would send for an intent (a dry run).
     #[command(subcommand)]
-    Render(render::RenderCommand),
+    Render(Box<render::RenderCommand>),
+    /// Work with the configuration file.
+    #[command(subcommand)]
+    Config(config::ConfigCommand),
 }
 
 impl Cli {
@@ -85,6 +89,9 @@ impl Cli {
         match self.command {
             Command::Parse(c) => c.execute(),
             Command::Render(c) => c.execute(),
+            Command::Config(c) => {
+                c.execute(self.global.config, &crate::config::Env::from_process())
+            }
         }
     }
 }

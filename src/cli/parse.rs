@@ -61,7 +61,10 @@ pub fn view(msg: &Inbound) -> Value {
                 v.extend(fields);
             }
             if let aamp::Payload::Dispatch(d) = &parsed.message.payload {
-                v.insert("expiresAt".into(), json!(d.expires_at.as_ref().map(format_instant)));
+                v.insert(
+                    "expiresAt".into(),
+                    json!(d.expires_at.as_ref().map(format_instant)),
+                );
             }
             if !parsed.warnings.is_empty() {
                 v.insert("warnings".into(), json!(parsed.warnings));
@@ -74,15 +77,35 @@ pub fn view(msg: &Inbound) -> Value {
         Classified::Invalid(reason) => {
             v.insert("error".into(), json!(reason));
         }
-        Classified::Asmtp | Classified::Plain => {}
+        Classified::Asmtp(env) => {
+            if let Some(env) = env {
+                let json: Value =
+                    serde_json::from_slice(&env.canonical_json()).unwrap_or(Value::Null);
+                v.insert("envelope".into(), json);
+            }
+            if let Ok(Some(frame)) = crate::wire::asmtp::PushFrame::from_inbound(msg, 0) {
+                let mut f = serde_json::to_value(&frame).unwrap_or(Value::Null);
+                if let Some(o) = f.as_object_mut() {
+                    o.remove("created_at");
+                }
+                v.insert("pushFrame".into(), f);
+            }
+        }
+        Classified::Plain => {}
     }
     v.insert("from".into(), json!(msg.from.first().map(|m| &m.email)));
     if msg.from.first().and_then(|m| m.name.as_ref()).is_some() {
         v.insert("fromName".into(), json!(msg.from[0].name));
     }
-    v.insert("to".into(), json!(msg.to.iter().map(|m| &m.email).collect::<Vec<_>>()));
+    v.insert(
+        "to".into(),
+        json!(msg.to.iter().map(|m| &m.email).collect::<Vec<_>>()),
+    );
     if !msg.cc.is_empty() {
-        v.insert("cc".into(), json!(msg.cc.iter().map(|m| &m.email).collect::<Vec<_>>()));
+        v.insert(
+            "cc".into(),
+            json!(msg.cc.iter().map(|m| &m.email).collect::<Vec<_>>()),
+        );
     }
     v.insert("subject".into(), json!(msg.subject));
     v.insert("messageId".into(), json!(msg.message_id));
@@ -94,7 +117,10 @@ pub fn view(msg: &Inbound) -> Value {
             .text
             .clone()
             .or_else(|| body.html.as_deref().map(crate::wire::reply::html_to_text));
-        v.insert("bodyText".into(), json!(text.map(|t| aamp::normalize_body(&t))));
+        v.insert(
+            "bodyText".into(),
+            json!(text.map(|t| aamp::normalize_body(&t))),
+        );
         if !body.attachments.is_empty() {
             let list: Vec<Value> = body
                 .attachments

@@ -199,16 +199,18 @@ impl RenderCommand {
                 }
                 if let Some(e) = a.expires_at {
                     d.expires_at = Some(parse_instant(&e).with_context(|| {
-                        format!("cannot use --expires-at '{e}': use RFC 3339, e.g. 2026-08-01T12:00:00Z")
+                        format!(
+                            "cannot use --expires-at '{e}': use RFC 3339, e.g. 2026-08-01T12:00:00Z"
+                        )
                     })?);
                 }
                 if a.session_key.is_some() {
                     d.session_key = a.session_key;
                 }
                 for kv in a.context {
-                    let (k, v) = kv.split_once('=').with_context(|| {
-                        format!("cannot use --context '{kv}': write key=value")
-                    })?;
+                    let (k, v) = kv
+                        .split_once('=')
+                        .with_context(|| format!("cannot use --context '{kv}': write key=value"))?;
                     let k = k.trim().to_ascii_lowercase();
                     if !DispatchContext::is_valid_key(&k) {
                         bail!("cannot use --context key '{k}': keys are [a-z0-9_-]+");
@@ -222,7 +224,10 @@ impl RenderCommand {
                     bail!("cannot render a dispatch without a title: add --title");
                 }
                 let task_id = task_id_or(a.task_id, input.as_ref(), true)?;
-                (a.common, (input, AampMessage::new(task_id, Payload::Dispatch(d))))
+                (
+                    a.common,
+                    (input, AampMessage::new(task_id, Payload::Dispatch(d))),
+                )
             }
             RenderCommand::Result(a) => {
                 let input = load_input(&a.common, Intent::TaskResult)?;
@@ -245,7 +250,10 @@ impl RenderCommand {
                     })?);
                 }
                 let task_id = task_id_or(a.task_id, input.as_ref(), false)?;
-                (a.common, (input, AampMessage::new(task_id, Payload::Result(r))))
+                (
+                    a.common,
+                    (input, AampMessage::new(task_id, Payload::Result(r))),
+                )
             }
             RenderCommand::Help(a) => {
                 let input = load_input(&a.common, Intent::TaskHelpNeeded)?;
@@ -259,7 +267,10 @@ impl RenderCommand {
                     h.suggested_options = a.option;
                 }
                 let task_id = task_id_or(a.task_id, input.as_ref(), false)?;
-                (a.common, (input, AampMessage::new(task_id, Payload::HelpNeeded(h))))
+                (
+                    a.common,
+                    (input, AampMessage::new(task_id, Payload::HelpNeeded(h))),
+                )
             }
             RenderCommand::Cancel(a) => {
                 let input = load_input(&a.common, Intent::TaskCancel)?;
@@ -269,7 +280,10 @@ impl RenderCommand {
                 };
                 set(&mut reason, a.reason);
                 let task_id = task_id_or(a.task_id, input.as_ref(), false)?;
-                (a.common, (input, AampMessage::new(task_id, Payload::Cancel { reason })))
+                (
+                    a.common,
+                    (input, AampMessage::new(task_id, Payload::Cancel { reason })),
+                )
             }
             RenderCommand::Ack(a) => {
                 let input = load_input(&a.common, Intent::TaskAck)?;
@@ -316,8 +330,10 @@ fn load_input(common: &Common, intent: Intent) -> anyhow::Result<Option<Input>> 
         .with_context(|| format!("cannot parse --json-input '{}' as JSON", path.display()))?;
     let mut msg = input.message.clone();
     if let Some(obj) = msg.as_object_mut() {
-        obj.entry("intent").or_insert_with(|| json!(intent.as_str()));
-        obj.entry("version").or_insert_with(|| json!(crate::wire::aamp::VERSION));
+        obj.entry("intent")
+            .or_insert_with(|| json!(intent.as_str()));
+        obj.entry("version")
+            .or_insert_with(|| json!(crate::wire::aamp::VERSION));
         obj.entry("taskId").or_insert_with(|| json!(""));
     }
     let message: AampMessage = serde_json::from_value(msg).with_context(|| {
@@ -338,7 +354,11 @@ fn load_input(common: &Common, intent: Intent) -> anyhow::Result<Option<Input>> 
     Ok(Some((input, message)))
 }
 
-fn task_id_or(flag: Option<String>, input: Option<&Input>, generate: bool) -> anyhow::Result<TaskId> {
+fn task_id_or(
+    flag: Option<String>,
+    input: Option<&Input>,
+    generate: bool,
+) -> anyhow::Result<TaskId> {
     if let Some(t) = flag.filter(|t| !t.trim().is_empty()) {
         return Ok(TaskId::new(t));
     }
@@ -414,8 +434,8 @@ fn outbound(
     };
     let mut attachments = Vec::new();
     for path in &common.attach {
-        let bytes =
-            std::fs::read(path).with_context(|| format!("cannot read --attach '{}'", path.display()))?;
+        let bytes = std::fs::read(path)
+            .with_context(|| format!("cannot read --attach '{}'", path.display()))?;
         attachments.push(Attachment {
             filename: path
                 .file_name()

@@ -67,18 +67,19 @@ pub fn parse_duration(text: &str) -> Result<Duration, DurationError> {
     while !rest.is_empty() {
         let digits = rest.len() - rest.trim_start_matches(|c: char| c.is_ascii_digit()).len();
         let (number, after) = rest.split_at(digits);
+        let after = after.trim_start();
         let letters = after.len()
             - after
                 .trim_start_matches(|c: char| c.is_ascii_alphabetic())
                 .len();
         let (unit, after) = after.split_at(letters);
-        if unit.is_empty() {
-            if let Some(found) = after.chars().next().filter(|c| !c.is_whitespace()) {
-                return Err(DurationError::Unexpected {
-                    text: text.to_owned(),
-                    found,
-                });
-            }
+        if unit.is_empty()
+            && let Some(found) = after.chars().next().filter(|c| !c.is_whitespace())
+        {
+            return Err(DurationError::Unexpected {
+                text: text.to_owned(),
+                found,
+            });
         }
         if number.is_empty() {
             return Err(DurationError::MissingNumber {
@@ -153,6 +154,7 @@ mod tests {
         assert_eq!(parse_duration("2h"), Ok(Duration::from_secs(7_200)));
         assert_eq!(parse_duration("7d"), Ok(Duration::from_secs(604_800)));
         assert_eq!(parse_duration("1h 30m"), Ok(Duration::from_secs(5_400)));
+        assert_eq!(parse_duration("30 s"), Ok(Duration::from_secs(30)));
         assert_eq!(parse_duration("0s"), Ok(Duration::ZERO));
     }
 

@@ -545,7 +545,12 @@ impl AampMessage {
                 if let Some(t) = &d.expires_at {
                     h.push((header::EXPIRES_AT, Text, format_instant(t)));
                 }
-                if let Some(k) = d.session_key.as_deref().map(sanitize).filter(|k| !k.is_empty()) {
+                if let Some(k) = d
+                    .session_key
+                    .as_deref()
+                    .map(sanitize)
+                    .filter(|k| !k.is_empty())
+                {
                     h.push((header::SESSION_KEY, Text, k));
                 }
                 if let Some(c) = d.dispatch_context.render() {
@@ -557,7 +562,12 @@ impl AampMessage {
             }
             Payload::Result(r) => {
                 h.push((header::STATUS, Text, r.status.as_str().to_owned()));
-                if let Some(e) = r.error_msg.as_deref().map(sanitize).filter(|e| !e.is_empty()) {
+                if let Some(e) = r
+                    .error_msg
+                    .as_deref()
+                    .map(sanitize)
+                    .filter(|e| !e.is_empty())
+                {
                     h.push((header::ERROR_MSG, Text, e));
                 }
                 if let Some(v) = &r.structured_result {
@@ -565,11 +575,8 @@ impl AampMessage {
                 }
             }
             Payload::HelpNeeded(help) => {
-                let options: Vec<String> = help
-                    .suggested_options
-                    .iter()
-                    .map(|o| sanitize(o))
-                    .collect();
+                let options: Vec<String> =
+                    help.suggested_options.iter().map(|o| sanitize(o)).collect();
                 h.push((header::SUGGESTED_OPTIONS, Text, options.join("|")));
             }
             Payload::StreamOpened { stream_id } => {
@@ -579,11 +586,20 @@ impl AampMessage {
                 h.push((header::PAIR_CODE, Text, p.pair_code.clone()));
                 let rules = serde_json::to_value(&p.dispatch_context_rules)
                     .unwrap_or(serde_json::Value::Null);
-                h.push((header::DISPATCH_CONTEXT_RULES, Base64Url, encode_json(&rules)));
+                h.push((
+                    header::DISPATCH_CONTEXT_RULES,
+                    Base64Url,
+                    encode_json(&rules),
+                ));
             }
             Payload::PairRespond(p) => {
                 h.push((header::STATUS, Text, p.status.as_str().to_owned()));
-                if let Some(e) = p.error_msg.as_deref().map(sanitize).filter(|e| !e.is_empty()) {
+                if let Some(e) = p
+                    .error_msg
+                    .as_deref()
+                    .map(sanitize)
+                    .filter(|e| !e.is_empty())
+                {
                     h.push((header::ERROR_MSG, Text, e));
                 }
             }
@@ -674,7 +690,12 @@ impl AampMessage {
                     "Output:".to_owned(),
                     normalize_body(&r.output),
                 ];
-                if let Some(e) = r.error_msg.as_deref().map(sanitize).filter(|e| !e.is_empty()) {
+                if let Some(e) = r
+                    .error_msg
+                    .as_deref()
+                    .map(sanitize)
+                    .filter(|e| !e.is_empty())
+                {
                     lines.push(format!("\nError: {e}"));
                 }
                 lines.join("\n")
@@ -689,7 +710,12 @@ impl AampMessage {
             }
             Payload::PairRespond(p) => {
                 let mut s = format!("AAMP Pair Response\n\nStatus: {}", p.status);
-                if let Some(e) = p.error_msg.as_deref().map(sanitize).filter(|e| !e.is_empty()) {
+                if let Some(e) = p
+                    .error_msg
+                    .as_deref()
+                    .map(sanitize)
+                    .filter(|e| !e.is_empty())
+                {
                     s.push_str(&format!("\n\nError: {e}"));
                 }
                 s
@@ -736,8 +762,8 @@ impl AampMessage {
                 v
             }
         };
-        let intent =
-            Intent::parse(&intent_raw).ok_or_else(|| AampError::UnknownIntent(intent_raw.clone()))?;
+        let intent = Intent::parse(&intent_raw)
+            .ok_or_else(|| AampError::UnknownIntent(intent_raw.clone()))?;
         let task_id = TaskId::new(&task_raw);
         let body = body.map(normalize_body).unwrap_or_default();
         let subject = subject.map(str::trim).unwrap_or_default();
@@ -963,9 +989,11 @@ fn dispatch_instructions(body: &str) -> String {
     const PREAMBLE: [&str; 4] = ["task:", "task id:", "priority:", "expires at:"];
     let mut skip = 0;
     while skip < PREAMBLE.len()
-        && lines
-            .get(skip)
-            .is_some_and(|l| l.trim_start().to_ascii_lowercase().starts_with(PREAMBLE[skip]))
+        && lines.get(skip).is_some_and(|l| {
+            l.trim_start()
+                .to_ascii_lowercase()
+                .starts_with(PREAMBLE[skip])
+        })
     {
         skip += 1;
     }
@@ -1132,8 +1160,14 @@ mod tests {
         assert_eq!(o, "ran\nError: none found\ndone");
         assert_eq!(e, None);
         let body = "AAMP Task Result\n\nTask ID: t\nStatus: rejected\n\nOutput:\nx\n\nError: boom";
-        assert_eq!(result_sections(body, true), ("x".into(), Some("boom".into())));
-        assert_eq!(result_sections("just text", false), ("just text".into(), None));
+        assert_eq!(
+            result_sections(body, true),
+            ("x".into(), Some("boom".into()))
+        );
+        assert_eq!(
+            result_sections("just text", false),
+            ("just text".into(), None)
+        );
     }
 
     #[test]

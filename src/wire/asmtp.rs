@@ -115,7 +115,9 @@ pub enum AsmtpError {
         left: String,
         right: String,
     },
-    #[error("cannot read the envelope before its body is fetched (a push frame needs headers only)")]
+    #[error(
+        "cannot read the envelope before its body is fetched (a push frame needs headers only)"
+    )]
     MissingBody,
     #[error("cannot use cursor '{0}': expected created_at:envelope_id")]
     InvalidCursor(String),
@@ -254,7 +256,8 @@ impl EnvelopeId {
         let ok = v.len() == 26
             && v.starts_with("01")
             && v.bytes().all(|b| {
-                b.is_ascii_digit() || (b.is_ascii_uppercase() && !matches!(b, b'I' | b'L' | b'O' | b'U'))
+                b.is_ascii_digit()
+                    || (b.is_ascii_uppercase() && !matches!(b, b'I' | b'L' | b'O' | b'U'))
             });
         if ok {
             Ok(EnvelopeId(v))
@@ -465,7 +468,8 @@ impl ContentPart {
             }
             ContentPart::Data { data, schema } => {
                 const SHOWN: usize = 200;
-                let json = serde_json::to_string(data).unwrap_or_default();
+                // NOTE: keys sorted as in the JSON part, so that equal envelopes render equally.
+                let json = serde_json::to_string(&sorted_keys(data)).unwrap_or_default();
                 let json = if json.chars().count() > SHOWN {
                     let cut: String = json.chars().take(SHOWN).collect();
                     format!("{cut}…")
@@ -634,7 +638,9 @@ impl Envelope {
         serde_json::to_vec(&canonical).unwrap_or_default()
     }
 
-    /// Reads and validates an envelope from its JSON (at most [`MAX_BODY_BYTES`]).
+    /// Reads and validates an envelope from its JSON (at most [`MAX_BODY_BYTES`]). Lenient
+    /// where it is harmless (handles and ids are normalised, unknown fields ignored), so an
+    /// idempotency check must compare the received bytes, not a re-serialisation.
     pub fn from_json(bytes: &[u8]) -> Result<Envelope, AsmtpError> {
         if bytes.len() > MAX_BODY_BYTES {
             return Err(AsmtpError::TooLarge(bytes.len()));
@@ -669,7 +675,12 @@ impl Envelope {
     /// and a short signature naming the envelope.
     pub fn text_rendering(&self) -> String {
         let mut blocks: Vec<String> = Vec::new();
-        if let Some(s) = self.subject.as_deref().map(str::trim).filter(|s| !s.is_empty()) {
+        if let Some(s) = self
+            .subject
+            .as_deref()
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+        {
             blocks.push(s.to_owned());
         }
         let mut others: Vec<String> = Vec::new();
@@ -741,7 +752,10 @@ impl Envelope {
             subject: self.subject.clone().unwrap_or_default(),
             date,
             message_id: self.id.to_message_id(agent_domain),
-            in_reply_to: self.in_reply_to.as_ref().map(|i| i.to_message_id(agent_domain)),
+            in_reply_to: self
+                .in_reply_to
+                .as_ref()
+                .map(|i| i.to_message_id(agent_domain)),
             references,
             extra_headers: self
                 .headers()
@@ -894,7 +908,11 @@ impl Common {
         let id = EnvelopeId::parse(&raw_id).map_err(|_| invalid(header::ID, &raw_id))?;
         let raw_from = single(h, header::FROM)?.ok_or(AsmtpError::MissingHeader(header::FROM))?;
         let from = Handle::parse(&raw_from).map_err(|_| invalid(header::FROM, &raw_from))?;
-        let mail_from = msg.from.first().map(|m| m.email.as_str()).unwrap_or_default();
+        let mail_from = msg
+            .from
+            .first()
+            .map(|m| m.email.as_str())
+            .unwrap_or_default();
         if Handle::from_address(mail_from).as_ref() != Some(&from) {
             return Err(AsmtpError::Mismatch {
                 what: "X-ASMTP-From and the mail From",
@@ -964,7 +982,10 @@ pub struct PushFrame {
 impl PushFrame {
     /// The frame of a mail, from its headers only (the body is never looked at). `Ok(None)`
     /// when the mail is not ASMTP. `created_at_ms` is the receiver's ingest time.
-    pub fn from_inbound(msg: &Inbound, created_at_ms: i64) -> Result<Option<PushFrame>, AsmtpError> {
+    pub fn from_inbound(
+        msg: &Inbound,
+        created_at_ms: i64,
+    ) -> Result<Option<PushFrame>, AsmtpError> {
         let Some(common) = Common::read(msg)? else {
             return Ok(None);
         };
@@ -1030,7 +1051,12 @@ impl Cursor {
     pub fn parse(value: &str) -> Result<Cursor, AsmtpError> {
         let bad = || AsmtpError::InvalidCursor(value.trim().to_owned());
         let (at, id) = value.trim().split_once(':').ok_or_else(bad)?;
-        let created_at = at.trim().parse::<i64>().ok().filter(|t| *t >= 0).ok_or_else(bad)?;
+        let created_at = at
+            .trim()
+            .parse::<i64>()
+            .ok()
+            .filter(|t| *t >= 0)
+            .ok_or_else(bad)?;
         let envelope_id = EnvelopeId::parse(id).map_err(|_| bad())?;
         Ok(Cursor {
             created_at,
@@ -1131,8 +1157,17 @@ mod tests {
         assert_eq!(handle("@Acme.Planner").to_string(), "@acme.planner");
         assert_eq!(handle("@a-b_1.c_2-d").owner(), "a-b_1");
         for bad in [
-            "", "@", "@acme", "@acme.", "@.planner", "@a.b.c", "@ac me.planner", "@acme.plan+ner",
-            "@@acme.planner", "@acme.\u{212A}ey", "@acmé.planner",
+            "",
+            "@",
+            "@acme",
+            "@acme.",
+            "@.planner",
+            "@a.b.c",
+            "@ac me.planner",
+            "@acme.plan+ner",
+            "@@acme.planner",
+            "@acme.\u{212A}ey",
+            "@acmé.planner",
         ] {
             assert!(Handle::parse(bad).is_err(), "{bad:?} accepted");
         }
@@ -1147,10 +1182,18 @@ mod tests {
         let a = h.to_address(DOMAIN);
         assert_eq!(a, "acme.planner@agents.example.test");
         assert_eq!(Handle::from_address(&a), Some(h.clone()));
-        assert_eq!(Handle::from_address("Acme.Planner@Other.test"), Some(h.clone()));
+        assert_eq!(
+            Handle::from_address("Acme.Planner@Other.test"),
+            Some(h.clone())
+        );
         assert_eq!(Handle::from_address_in(&a, "AGENTS.example.test"), Some(h));
         assert_eq!(Handle::from_address_in(&a, "other.test"), None);
-        for bad in ["planner@x.test", "a.b.c@x.test", "no-at-sign", "@a.b@x.test"] {
+        for bad in [
+            "planner@x.test",
+            "a.b.c@x.test",
+            "no-at-sign",
+            "@a.b@x.test",
+        ] {
             assert_eq!(Handle::from_address(bad), None, "{bad}");
         }
     }
@@ -1166,8 +1209,12 @@ mod tests {
     fn envelope_ids() {
         assert_eq!(id(" 01jdk3t8zq4w5x6y7z8a9b0c1d ").as_str(), ID1);
         for bad in [
-            "", "01JDK3T8ZQ4W5X6Y7Z8A9B0C1", "02JDK3T8ZQ4W5X6Y7Z8A9B0C1D", "01JDK3T8ZQ4W5X6Y7Z8A9B0C1I",
-            "01JDK3T8ZQ4W5X6Y7Z8A9B0C1DX", "01JDK3T8ZQ4W5X6Y7Z8A9B0C1-",
+            "",
+            "01JDK3T8ZQ4W5X6Y7Z8A9B0C1",
+            "02JDK3T8ZQ4W5X6Y7Z8A9B0C1D",
+            "01JDK3T8ZQ4W5X6Y7Z8A9B0C1I",
+            "01JDK3T8ZQ4W5X6Y7Z8A9B0C1DX",
+            "01JDK3T8ZQ4W5X6Y7Z8A9B0C1-",
         ] {
             assert!(EnvelopeId::parse(bad).is_err(), "{bad}");
         }
@@ -1262,7 +1309,10 @@ mod tests {
         };
         assert_eq!(check(&|_| {}), Ok(()));
         assert_eq!(check(&|e| e.to.clear()), Err(AsmtpError::NoRecipients));
-        assert_eq!(check(&|e| e.content_parts.clear()), Err(AsmtpError::NoContent));
+        assert_eq!(
+            check(&|e| e.content_parts.clear()),
+            Err(AsmtpError::NoContent)
+        );
         assert_eq!(
             check(&|e| e.content_parts.push(ContentPart::text(""))),
             Err(AsmtpError::EmptyText(1))
@@ -1294,7 +1344,10 @@ mod tests {
             Ok(())
         );
         assert_eq!(check(&|e| e.references = vec![id(ID1)]), Ok(()));
-        assert_eq!(check(&|e| e.date_ms = -1), Err(AsmtpError::NegativeDate(-1)));
+        assert_eq!(
+            check(&|e| e.date_ms = -1),
+            Err(AsmtpError::NegativeDate(-1))
+        );
         assert!(matches!(
             check(&|e| e.monitor = Some("mon_bad!".into())),
             Err(AsmtpError::InvalidMonitor(_))
@@ -1318,18 +1371,34 @@ mod tests {
         let no_to = format!(
             r#"{{"id":"{ID1}","from":"@a.b","date_ms":5,"content_parts":[{{"type":"text","text":"hi"}}]}}"#
         );
-        assert_eq!(Envelope::from_json(no_to.as_bytes()), Err(AsmtpError::NoRecipients));
+        assert_eq!(
+            Envelope::from_json(no_to.as_bytes()),
+            Err(AsmtpError::NoRecipients)
+        );
         for bad in [
             "",
             "[]",
             "{\"id\":1}",
-            &format!(r#"{{"id":"{ID1}","from":"@a.b.c","to":["@c.d"],"date_ms":1,"content_parts":[{{"type":"text","text":"x"}}]}}"#),
-            &format!(r#"{{"id":"{ID1}","from":"@a.b","to":["@c.d"],"date_ms":1,"content_parts":[{{"type":"video","url":"x"}}]}}"#),
+            &format!(
+                r#"{{"id":"{ID1}","from":"@a.b.c","to":["@c.d"],"date_ms":1,"content_parts":[{{"type":"text","text":"x"}}]}}"#
+            ),
+            &format!(
+                r#"{{"id":"{ID1}","from":"@a.b","to":["@c.d"],"date_ms":1,"content_parts":[{{"type":"video","url":"x"}}]}}"#
+            ),
         ] {
-            assert!(matches!(Envelope::from_json(bad.as_bytes()), Err(AsmtpError::Json(_))), "{bad}");
+            assert!(
+                matches!(
+                    Envelope::from_json(bad.as_bytes()),
+                    Err(AsmtpError::Json(_))
+                ),
+                "{bad}"
+            );
         }
         let big = vec![b' '; MAX_BODY_BYTES + 1];
-        assert_eq!(Envelope::from_json(&big), Err(AsmtpError::TooLarge(MAX_BODY_BYTES + 1)));
+        assert_eq!(
+            Envelope::from_json(&big),
+            Err(AsmtpError::TooLarge(MAX_BODY_BYTES + 1))
+        );
     }
 
     #[test]
@@ -1361,7 +1430,8 @@ mod tests {
             file_id: Some("file_1".into()),
             mime_type: None,
         });
-        e.content_parts.push(ContentPart::data(json!({"k": "v"}), Some("aamp/1.1")));
+        e.content_parts
+            .push(ContentPart::data(json!({"k": "v"}), Some("aamp/1.1")));
         let t = e.text_rendering();
         let expected = format!(
             "Refactor the parser\n\nPlease refactor the parser.\n\n\
@@ -1371,7 +1441,7 @@ mod tests {
              ASMTP envelope {ID3} from @acme.planner. The envelope itself is the JSON part of this mail.\n"
         );
         assert_eq!(t, expected);
-        assert_eq!(crate::wire::reply::reply_text(&t).lines().count(), 6);
+        assert_eq!(crate::wire::reply::reply_text(&t).lines().count(), 7);
     }
 
     #[test]
@@ -1388,7 +1458,11 @@ mod tests {
         assert_eq!(out.message_id, format!("{ID3}@{DOMAIN}"));
         assert_eq!(out.in_reply_to, Some(format!("{ID2}@{DOMAIN}")));
         assert_eq!(out.references, vec![format!("{ID2}@{DOMAIN}")]);
-        let names: Vec<&str> = out.extra_headers.iter().map(|(n, _, _)| n.as_str()).collect();
+        let names: Vec<&str> = out
+            .extra_headers
+            .iter()
+            .map(|(n, _, _)| n.as_str())
+            .collect();
         assert_eq!(
             names,
             [
@@ -1403,8 +1477,16 @@ mod tests {
                 header::MONITOR
             ]
         );
-        assert!(out.extra_headers.iter().all(|(_, k, _)| *k == ValueKind::Text));
-        let cc = out.extra_headers.iter().find(|(n, _, _)| n == header::CC).unwrap();
+        assert!(
+            out.extra_headers
+                .iter()
+                .all(|(_, k, _)| *k == ValueKind::Text)
+        );
+        let cc = out
+            .extra_headers
+            .iter()
+            .find(|(n, _, _)| n == header::CC)
+            .unwrap();
         assert_eq!(cc.2, "@acme.reviewer, @other.bot");
         assert_eq!(out.json_part, Some(e.canonical_json()));
         assert_eq!(out.text, e.text_rendering());
@@ -1421,7 +1503,9 @@ mod tests {
         e.references = vec![id(ID1), id(ID2)];
         let msg = inbound_of(&e.to_outbound(DOMAIN, date()));
         assert_eq!(Envelope::from_inbound(&msg), Ok(Some(e.clone())));
-        let frame = PushFrame::from_inbound(&msg, 1_795_000_001_000).unwrap().unwrap();
+        let frame = PushFrame::from_inbound(&msg, 1_795_000_001_000)
+            .unwrap()
+            .unwrap();
         assert_eq!(frame.id, e.id);
         assert_eq!(frame.cc, e.cc);
         assert_eq!(frame.in_reply_to, Some(id(ID2)));
@@ -1447,7 +1531,10 @@ mod tests {
         out.json_part = Some(forged.canonical_json());
         assert!(matches!(
             Envelope::from_inbound(&inbound_of(&out)),
-            Err(AsmtpError::Mismatch { what: "X-ASMTP-From and the JSON from", .. })
+            Err(AsmtpError::Mismatch {
+                what: "X-ASMTP-From and the JSON from",
+                ..
+            })
         ));
         // The mail From is another address than X-ASMTP-From.
         let mut out = e.to_outbound(DOMAIN, date());
@@ -1455,9 +1542,15 @@ mod tests {
         let msg = inbound_of(&out);
         assert!(matches!(
             Envelope::from_inbound(&msg),
-            Err(AsmtpError::Mismatch { what: "X-ASMTP-From and the mail From", .. })
+            Err(AsmtpError::Mismatch {
+                what: "X-ASMTP-From and the mail From",
+                ..
+            })
         ));
-        assert!(matches!(PushFrame::from_inbound(&msg, 0), Err(AsmtpError::Mismatch { .. })));
+        assert!(matches!(
+            PushFrame::from_inbound(&msg, 0),
+            Err(AsmtpError::Mismatch { .. })
+        ));
         // The JSON id differs from X-ASMTP-Id.
         let mut out = e.to_outbound(DOMAIN, date());
         let mut other = e.clone();
@@ -1465,7 +1558,10 @@ mod tests {
         out.json_part = Some(other.canonical_json());
         assert!(matches!(
             Envelope::from_inbound(&inbound_of(&out)),
-            Err(AsmtpError::Mismatch { what: "X-ASMTP-Id and the JSON id", .. })
+            Err(AsmtpError::Mismatch {
+                what: "X-ASMTP-Id and the JSON id",
+                ..
+            })
         ));
     }
 
@@ -1523,7 +1619,10 @@ mod tests {
         }
         let back = Envelope::from_inbound(&msg).unwrap().unwrap();
         assert_eq!(back.id, e.id);
-        assert_eq!(back.content_parts, vec![ContentPart::text("Just the text.")]);
+        assert_eq!(
+            back.content_parts,
+            vec![ContentPart::text("Just the text.")]
+        );
         assert_eq!(back.in_reply_to, Some(id(ID2)));
         assert_eq!(back.references, vec![id(ID2)]);
         assert_eq!(back.subject, e.subject);
@@ -1544,8 +1643,14 @@ mod tests {
             .unwrap()
             .to_json();
         assert!((150..=350).contains(&json.len()), "{} bytes", json.len());
-        assert!(json.starts_with(&format!(r#"{{"id":"{ID3}","from":"@acme.planner","to":["@acme.coder"],"subject""#)));
-        assert!(json.ends_with(r#""type_hint":"text","size_hint":61,"created_at":1795000001234,"date_ms":1795000000000}"#), "{json}");
+        assert!(json.starts_with(&format!(
+            r#"{{"id":"{ID3}","from":"@acme.planner","to":["@acme.coder"],"subject""#
+        )));
+        let tail = format!(
+            r#","in_reply_to":"{ID2}","type_hint":"text","size_hint":{},"created_at":1795000001234,"date_ms":1795000000000}}"#,
+            e.size_hint()
+        );
+        assert!(json.ends_with(&tail), "{json}");
         let back: PushFrame = serde_json::from_str(&json).unwrap();
         assert_eq!(back.to_json(), json);
     }
@@ -1564,8 +1669,85 @@ mod tests {
         assert_eq!(s, format!("100:{ID2}"));
         assert_eq!(Cursor::parse(&s), Ok(a.clone()));
         assert_eq!(s.parse::<Cursor>(), Ok(a));
-        for bad in ["", "100", "x:01JDK3V2M5N6P7Q8R9S0T1V2W3", "-1:01JDK3V2M5N6P7Q8R9S0T1V2W3", "1:nope"] {
+        for bad in [
+            "",
+            "100",
+            "x:01JDK3V2M5N6P7Q8R9S0T1V2W3",
+            "-1:01JDK3V2M5N6P7Q8R9S0T1V2W3",
+            "1:nope",
+        ] {
             assert!(Cursor::parse(bad).is_err(), "{bad}");
+        }
+    }
+
+    /// The hand-written fixtures read as intended (the golden harness checks every field).
+    #[test]
+    fn fixtures() {
+        macro_rules! fixture {
+            ($name:literal) => {
+                (
+                    $name,
+                    &include_bytes!(concat!("../../fixtures/asmtp/", $name))[..],
+                )
+            };
+        }
+        let accepted = [
+            fixture!("text-part-new-envelope.eml"),
+            fixture!("reply-with-references-and-cc.eml"),
+            fixture!("image-part-by-url.eml"),
+            fixture!("file-part-by-file-id.eml"),
+            fixture!("data-part-aamp-task.eml"),
+            fixture!("mixed-text-file-data.eml"),
+            fixture!("monitor-delivery-facts.eml"),
+            fixture!("tolerant-header-case-and-spacing.eml"),
+            fixture!("headers-and-text-without-json-part.eml"),
+        ];
+        for (name, raw) in accepted {
+            let msg = Inbound::from_bytes(raw).unwrap();
+            let e = Envelope::from_inbound(&msg)
+                .unwrap_or_else(|err| panic!("{name}: {err}"))
+                .unwrap();
+            let body = msg.body.clone().unwrap();
+            if let Some(json) = &body.json_part {
+                assert_eq!(&e.canonical_json(), json, "{name}");
+                let text = body.text.unwrap_or_default().replace("\r\n", "\n");
+                // NOTE: the line break before a MIME boundary belongs to the boundary.
+                assert_eq!(text.trim_end(), e.text_rendering().trim_end(), "{name}");
+            }
+            let mut headers_only = msg.clone();
+            headers_only.body = None;
+            let frame = PushFrame::from_inbound(&headers_only, 1_795_500_000_000)
+                .unwrap()
+                .unwrap();
+            assert_eq!(frame.id, e.id, "{name}");
+            if body.json_part.is_some() {
+                assert_eq!(frame.size_hint, e.size_hint(), "{name}");
+                assert_eq!(frame.type_hint, e.type_hint(), "{name}");
+            }
+        }
+        let raw = fixture!("headers-and-text-without-json-part.eml").1;
+        let rebuilt = Envelope::from_inbound(&Inbound::from_bytes(raw).unwrap())
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            rebuilt.content_parts,
+            vec![ContentPart::text(
+                "Follow-up: the config tests also pass on Windows now."
+            )]
+        );
+        assert_eq!(rebuilt.in_reply_to, Some(id("01M817QTKDG2J53JDWE0F7X90S")));
+        for (name, raw) in [
+            fixture!("refused-json-from-differs-from-header.eml"),
+            fixture!("refused-mail-from-differs-from-header.eml"),
+        ] {
+            let msg = Inbound::from_bytes(raw).unwrap();
+            assert!(
+                matches!(
+                    Envelope::from_inbound(&msg),
+                    Err(AsmtpError::Mismatch { .. })
+                ),
+                "{name}"
+            );
         }
     }
 }

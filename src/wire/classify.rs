@@ -7,6 +7,7 @@
 //! a human reply.
 
 use super::aamp::{self, AampMessage};
+use super::asmtp::{Envelope, PushFrame};
 use super::headers::HeaderMap;
 use super::message::Inbound;
 use super::reply;
@@ -16,8 +17,9 @@ use super::reply;
 pub enum Classified {
     /// An AAMP message.
     Aamp(aamp::Parsed),
-    /// An ASMTP envelope (mail carrying `X-ASMTP-*` headers).
-    Asmtp,
+    /// An ASMTP envelope (mail carrying `X-ASMTP-*` headers): the whole envelope once the body
+    /// is known, `None` in the headers-only phase (the headers were checked already).
+    Asmtp(Option<Box<Envelope>>),
     /// A person's reply in some thread: the daemon looks the keys up in its Message-ID index.
     Reply {
         /// Ids to look up, most specific first.
@@ -37,7 +39,7 @@ impl Classified {
     pub fn kind(&self) -> &'static str {
         match self {
             Classified::Aamp(_) => "aamp",
-            Classified::Asmtp => "asmtp",
+            Classified::Asmtp(_) => "asmtp",
             Classified::Reply { .. } => "reply",
             Classified::Plain => "plain",
             Classified::Invalid(_) => "invalid",
@@ -64,8 +66,19 @@ pub fn classify(msg: &Inbound) -> Classified {
             "cannot use X-AAMP headers without both X-AAMP-Intent and X-AAMP-TaskId".to_owned(),
         );
     }
-    if msg.headers.get("X-ASMTP-Id").is_some() {
-        return Classified::Asmtp;
+    if msg.headers.get(super::asmtp::header::ID).is_some() {
+        if msg.body.is_some() {
+            return match Envelope::from_inbound(msg) {
+                Ok(Some(env)) => Classified::Asmtp(Some(Box::new(env))),
+                Ok(None) => Classified::Plain,
+                Err(e) => Classified::Invalid(e.to_string()),
+            };
+        }
+        return match PushFrame::from_inbound(msg, 0) {
+            Ok(Some(_)) => Classified::Asmtp(None),
+            Ok(None) => Classified::Plain,
+            Err(e) => Classified::Invalid(e.to_string()),
+        };
     }
     let keys = super::thread::correlation_keys(&msg.in_reply_to, &msg.references);
     if !keys.is_empty() {

@@ -71,21 +71,25 @@ impl HeaderMap {
 
     /// True when any field name starts with `prefix` (case-insensitive).
     pub fn has_prefix(&self, prefix: &str) -> bool {
-        self.entries.iter().any(|(n, _)| starts_with_ignore_case(n, prefix))
+        self.entries
+            .iter()
+            .any(|(n, _)| starts_with_ignore_case(n, prefix))
     }
 }
 
 impl<K: Into<String>, V: Into<String>> FromIterator<(K, V)> for HeaderMap {
     fn from_iter<T: IntoIterator<Item = (K, V)>>(iter: T) -> Self {
         Self {
-            entries: iter.into_iter().map(|(k, v)| (k.into(), v.into())).collect(),
+            entries: iter
+                .into_iter()
+                .map(|(k, v)| (k.into(), v.into()))
+                .collect(),
         }
     }
 }
 
 pub(crate) fn starts_with_ignore_case(s: &str, prefix: &str) -> bool {
-    s.len() >= prefix.len()
-        && s.as_bytes()[..prefix.len()].eq_ignore_ascii_case(prefix.as_bytes())
+    s.len() >= prefix.len() && s.as_bytes()[..prefix.len()].eq_ignore_ascii_case(prefix.as_bytes())
 }
 
 /// Makes a value safe for one header field: CR, LF, NUL and other control characters become
@@ -138,7 +142,8 @@ fn plain_prefix_split(name: &str, value: &str) -> Option<usize> {
             if word.is_empty() || word.len() > limit || !is_plain(word) {
                 break;
             }
-            let clean = i > 0 && bytes[i - 1] != b' ' && bytes.get(i + 1).is_some_and(|&n| n != b' ');
+            let clean =
+                i > 0 && bytes[i - 1] != b' ' && bytes.get(i + 1).is_some_and(|&n| n != b' ');
             if clean {
                 best = Some(i);
             }
@@ -260,7 +265,11 @@ fn write_encoded_words(out: &mut String, value: &str, col: usize) {
     let mut rest = value;
     let mut first = true;
     while !rest.is_empty() {
-        let room = if first { first_room.clamp(6, MAX_INPUT) } else { MAX_INPUT };
+        let room = if first {
+            first_room.clamp(6, MAX_INPUT)
+        } else {
+            MAX_INPUT
+        };
         let mut take = rest.len().min(room);
         while !rest.is_char_boundary(take) {
             take -= 1;
@@ -357,8 +366,7 @@ fn decode_one_word(s: &str) -> Option<(String, usize)> {
     } else {
         return None;
     };
-    let decoded = if charset.eq_ignore_ascii_case("utf-8") || charset.eq_ignore_ascii_case("utf8")
-    {
+    let decoded = if charset.eq_ignore_ascii_case("utf-8") || charset.eq_ignore_ascii_case("utf8") {
         String::from_utf8_lossy(&bytes).into_owned()
     } else if charset.eq_ignore_ascii_case("us-ascii")
         || charset.eq_ignore_ascii_case("iso-8859-1")
@@ -428,7 +436,10 @@ mod tests {
     fn crlf_never_starts_a_header() {
         let r = render("X-AAMP-ErrorMsg", "bad\r\nBcc: victim@example.com");
         assert_eq!(r.matches("\r\n").count(), 1);
-        assert_eq!(as_text(&raw_value(&r, "X-AAMP-ErrorMsg")), "bad  Bcc: victim@example.com");
+        assert_eq!(
+            as_text(&raw_value(&r, "X-AAMP-ErrorMsg")),
+            "bad  Bcc: victim@example.com"
+        );
     }
 
     #[test]
@@ -441,7 +452,12 @@ mod tests {
 
     #[test]
     fn non_ascii_and_long_words_are_encoded() {
-        for v in ["héllo wörld ✓", &"x".repeat(3000), "a =?utf-8?q?x?= b", "tab\there"] {
+        for v in [
+            "héllo wörld ✓",
+            &"x".repeat(3000),
+            "a =?utf-8?q?x?= b",
+            "tab\there",
+        ] {
             let r = render("Subject", v);
             assert!(longest_line(r.as_bytes()) <= SOFT_LINE, "{r}");
             assert_eq!(as_text(&raw_value(&r, "Subject")), sanitize(v));
@@ -452,7 +468,10 @@ mod tests {
     fn leading_plain_words_stay_readable() {
         let r = render("Subject", "[AAMP Task] Résumé of the week");
         assert!(r.starts_with("Subject: [AAMP Task]\r\n =?utf-8?B?"), "{r}");
-        assert_eq!(as_text(&raw_value(&r, "Subject")), "[AAMP Task] Résumé of the week");
+        assert_eq!(
+            as_text(&raw_value(&r, "Subject")),
+            "[AAMP Task] Résumé of the week"
+        );
         let r = render("Subject", "a  é");
         assert_eq!(as_text(&raw_value(&r, "Subject")), "a  é");
     }

@@ -179,7 +179,8 @@ impl Outbound {
             );
         }
         MimePart::new(
-            ContentType::new("multipart/mixed").attribute("boundary", boundary_for(&self.message_id)),
+            ContentType::new("multipart/mixed")
+                .attribute("boundary", boundary_for(&self.message_id)),
             BodyPart::Multipart(parts),
         )
     }
@@ -199,7 +200,12 @@ fn boundary_for(message_id: &str) -> String {
 fn write_ids(out: &mut String, name: &str, ids: &[String]) {
     let list: Vec<String> = ids
         .iter()
-        .map(|id| format!("<{}>", super::thread::strip_brackets(&headers::sanitize(id))))
+        .map(|id| {
+            format!(
+                "<{}>",
+                super::thread::strip_brackets(&headers::sanitize(id))
+            )
+        })
         .collect();
     headers::write_text(out, name, &list.join(" "));
 }
@@ -225,7 +231,12 @@ fn write_mailboxes(out: &mut String, name: &str, boxes: &[Mailbox]) {
 
 fn format_mailbox(b: &Mailbox) -> String {
     let email = headers::sanitize(&b.email).replace([' ', '<', '>', ','], "");
-    let Some(name) = b.name.as_deref().map(headers::sanitize).filter(|n| !n.is_empty()) else {
+    let Some(name) = b
+        .name
+        .as_deref()
+        .map(headers::sanitize)
+        .filter(|n| !n.is_empty())
+    else {
         return email;
     };
     if name.is_ascii() && !name.contains("=?") {
@@ -266,7 +277,7 @@ impl Inbound {
             return Err(MessageError::NoHeaders);
         }
         let mut inbound = Inbound {
-            message_id: msg.message_id().map(|s| super::thread::strip_brackets(s)),
+            message_id: msg.message_id().map(super::thread::strip_brackets),
             in_reply_to: id_list(msg.in_reply_to()),
             references: id_list(msg.references()),
             from: mailboxes(msg.from()),
@@ -407,7 +418,9 @@ impl Inbound {
 
     /// The first From address, lowercased (what sender policy matches on).
     pub fn sender(&self) -> Option<String> {
-        self.from.first().map(|m| m.email.trim().to_ascii_lowercase())
+        self.from
+            .first()
+            .map(|m| m.email.trim().to_ascii_lowercase())
     }
 }
 
@@ -427,7 +440,10 @@ fn mailboxes(addr: Option<&mail_parser::Address<'_>>) -> Vec<Mailbox> {
         a.iter()
             .filter_map(|m| {
                 Some(Mailbox {
-                    name: m.name().map(|n| n.trim().to_owned()).filter(|n| !n.is_empty()),
+                    name: m
+                        .name()
+                        .map(|n| n.trim().to_owned())
+                        .filter(|n| !n.is_empty()),
                     email: m.address()?.trim().to_owned(),
                 })
             })
@@ -454,7 +470,18 @@ fn body_of(msg: &mail_parser::Message<'_>) -> Body {
         match (&part.body, ctype.as_str(), subtype.as_str()) {
             (PartType::Multipart(_), ..) | (PartType::Message(_), ..) => {}
             (PartType::Text(t), "text", "plain") if !is_attachment && body.text.is_none() => {
-                body.text = Some(t.to_string());
+                // NOTE: undo RFC 3676 format=flowed (mutt, Thunderbird) so that a paragraph a
+                // person typed reads as one line again.
+                let attr = |name: &str| {
+                    part.content_type()
+                        .and_then(|c| c.attribute(name))
+                        .map(str::to_ascii_lowercase)
+                };
+                body.text = Some(if attr("format").as_deref() == Some("flowed") {
+                    super::reply::unflow(t, attr("delsp").as_deref() == Some("yes"))
+                } else {
+                    t.to_string()
+                });
             }
             (PartType::Html(t), "text", "html") if !is_attachment && body.html.is_none() => {
                 body.html = Some(t.to_string());

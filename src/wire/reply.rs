@@ -126,7 +126,8 @@ fn outlook_block_len(lines: &[&str], quoted: &[bool], i: usize) -> Option<usize>
         while i + n < lines.len() && n <= 3 && is_blank(lines[i + n]) {
             n += 1;
         }
-        if i + n < lines.len() && !quoted[i + n] && header_label(lines[i + n]) == Some(Label::From) {
+        if i + n < lines.len() && !quoted[i + n] && header_label(lines[i + n]) == Some(Label::From)
+        {
             return Some(n + header_block_len(lines, quoted, i + n).unwrap_or(1));
         }
         return None;
@@ -181,7 +182,7 @@ fn header_label(line: &str) -> Option<Label> {
         "to" | "à" | "a" | "an" | "para" | "aan" | "til" | "till" | "do" | "destinatario" => {
             Label::To
         }
-        "cc" | "kopie" | "cc " => Label::Cc,
+        "cc" | "kopie" => Label::Cc,
         "subject" | "objet" | "betreff" | "asunto" | "oggetto" | "onderwerp" | "emne" | "ämne"
         | "temat" | "assunto" => Label::Subject,
         _ => return None,
@@ -192,7 +193,7 @@ fn header_label(line: &str) -> Option<Label> {
 /// The length of a `From:` header block at `i`: `From:` followed directly by at least two
 /// other header lines, one of them `Sent:`/`Date:` and one `To:`/`Subject:`.
 fn header_block_len(lines: &[&str], quoted: &[bool], i: usize) -> Option<usize> {
-    if quoted[i] || header_label(lines[i]) != Some(Label::From) {
+    if i >= lines.len() || quoted[i] || header_label(lines[i]) != Some(Label::From) {
         return None;
     }
     let mut n = 1;
@@ -230,15 +231,18 @@ fn drop_attributions(lines: &[&str], quoted: &[bool], keep: &mut [bool]) {
         }
         // candidates: nearest first. Try the longest span first.
         for n in (1..=candidates.len()).rev() {
-            let span: Vec<&str> = candidates[..n].iter().rev().map(|&c| lines[c].trim()).collect();
+            let span: Vec<&str> = candidates[..n]
+                .iter()
+                .rev()
+                .map(|&c| lines[c].trim())
+                .collect();
             if span.iter().any(|l| l.len() > MAX_MARKER_LINE) {
                 continue;
             }
-            let earlier_end_sentences = span[..n - 1]
-                .iter()
-                .any(|l| l.ends_with(['.', '!', '?']));
+            let earlier_end_sentences = span[..n - 1].iter().any(|l| l.ends_with(['.', '!', '?']));
             let joined = span.join(" ");
-            if is_attribution(&joined) && (n == 1 || (!earlier_end_sentences && opens_attribution(&joined)))
+            if is_attribution(&joined)
+                && (n == 1 || (!earlier_end_sentences && opens_attribution(&joined)))
             {
                 for &c in &candidates[..n] {
                     keep[c] = false;
@@ -280,6 +284,10 @@ fn is_attribution(s: &str) -> bool {
     {
         return true;
     }
+    // Horde and other webmail: `Quoting Name <addr>:`, `Zitat von Name <addr>:`.
+    if lower.starts_with("quoting ") || lower.starts_with("zitat von ") {
+        return true;
+    }
     // mutt: `* Name <addr> [2026-11-21 10:02]:`
     lower.starts_with("* ") && (lower.contains('@') || lower.contains('['))
 }
@@ -287,9 +295,11 @@ fn is_attribution(s: &str) -> bool {
 /// True when `s` starts the way multi-line attributions do (`On `, `Le `, `Am ` …).
 fn opens_attribution(s: &str) -> bool {
     let lower = s.trim_start().to_lowercase();
-    ["on ", "le ", "am ", "el ", "il ", "op ", "em ", "den ", "* "]
-        .iter()
-        .any(|p| lower.starts_with(p))
+    [
+        "on ", "le ", "am ", "el ", "il ", "op ", "em ", "den ", "* ",
+    ]
+    .iter()
+    .any(|p| lower.starts_with(p))
 }
 
 /// Kept lines, with exactly one blank line where something was removed between two of them.
@@ -377,7 +387,8 @@ pub fn human_reply(text: Option<&str>, html: Option<&str>) -> String {
             return r;
         }
     }
-    html.map(|h| reply_text(&html_to_text(h))).unwrap_or_default()
+    html.map(|h| reply_text(&html_to_text(h)))
+        .unwrap_or_default()
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -414,30 +425,48 @@ struct Memo {
     valid: bool,
 }
 
+/// An open element and the effects to undo when it closes.
 #[derive(Debug)]
 struct Open {
+    /// Lowercased tag name.
     name: String,
+    /// It raised the quote depth.
     quote: bool,
+    /// It is a `<pre>`.
     pre: bool,
 }
 
+/// The converter's state: a cursor over the source and the lines written so far.
 #[derive(Debug)]
 struct Renderer<'a> {
     src: &'a str,
     /// `src` with ASCII letters lowercased (same byte offsets).
     lower: String,
+    /// The next byte of `src` to read.
     pos: usize,
+    /// Finished lines, quote prefix included.
     lines: Vec<String>,
+    /// The line being written, without its quote prefix.
     line: String,
+    /// The current line has content (or was forced by `<br>`).
     line_started: bool,
+    /// The quote depth of the current line (taken when it started).
     line_depth: usize,
+    /// The quote depth of the open elements.
     depth: usize,
+    /// How many `<pre>` elements are open.
     pre: usize,
+    /// White space was seen since the last character.
     pending_space: bool,
+    /// A paragraph ended: the next content starts after a blank line.
     pending_para: bool,
+    /// Open elements, innermost last (bounded by [`MAX_OPEN_ELEMENTS`]).
     stack: Vec<Open>,
+    /// How many elements of each name are open, so that a stray end tag is ignored in O(1).
     open_counts: HashMap<String, usize>,
+    /// Searches, memoised per pattern.
     memos: HashMap<&'static str, Memo>,
+    /// The memo of [`Renderer::next_text`].
     text_memo: Memo,
 }
 
@@ -472,7 +501,11 @@ impl<'a> Renderer<'a> {
                 Some(_) => {}
             }
         }
-        let found = self.lower.get(from..).and_then(|h| h.find(pat)).map(|i| i + from);
+        let found = self
+            .lower
+            .get(from..)
+            .and_then(|h| h.find(pat))
+            .map(|i| i + from);
         *memo = Memo {
             at: from,
             found,
@@ -603,7 +636,7 @@ impl<'a> Renderer<'a> {
                 }
             }
             "hr" => {
-                if self.from_block_follows() {
+                if self.history_header_follows() {
                     return false;
                 }
                 self.block();
@@ -642,7 +675,11 @@ impl<'a> Renderer<'a> {
             | "fieldset" | "main" | "tbody" | "thead" | "tfoot" => {
                 let class = attr(attrs, "class").unwrap_or_default();
                 let id = attr(attrs, "id").unwrap_or_default();
-                let has_class = |c: &str| class.split_ascii_whitespace().any(|t| t.eq_ignore_ascii_case(c));
+                let has_class = |c: &str| {
+                    class
+                        .split_ascii_whitespace()
+                        .any(|t| t.eq_ignore_ascii_case(c))
+                };
                 if ["divRplyFwdMsg", "appendonsend", "OutlookMessageHeader"]
                     .iter()
                     .any(|m| id.eq_ignore_ascii_case(m))
@@ -650,13 +687,20 @@ impl<'a> Renderer<'a> {
                 {
                     return false;
                 }
-                let style = attr(attrs, "style").unwrap_or_default().to_ascii_lowercase();
-                if name == "div" && style.contains("border-top") && self.from_block_follows() {
+                let style = attr(attrs, "style")
+                    .unwrap_or_default()
+                    .to_ascii_lowercase();
+                if name == "div" && style.contains("border-top") && self.history_header_follows() {
                     return false;
                 }
-                let quote = ["gmail_quote", "gmail_quote_container", "moz-cite-prefix", "yahoo_quoted"]
-                    .iter()
-                    .any(|c| has_class(c));
+                let quote = [
+                    "gmail_quote",
+                    "gmail_quote_container",
+                    "moz-cite-prefix",
+                    "yahoo_quoted",
+                ]
+                .iter()
+                .any(|c| has_class(c));
                 self.block();
                 self.push_open(name, quote, false);
             }
@@ -715,7 +759,7 @@ impl<'a> Renderer<'a> {
     }
 
     /// True when the next text after `self.pos` is a `From:` header line (Outlook's history).
-    fn from_block_follows(&mut self) -> bool {
+    fn history_header_follows(&mut self) -> bool {
         let Some(at) = self.next_text(self.pos) else {
             return false;
         };
@@ -726,7 +770,9 @@ impl<'a> Renderer<'a> {
         }
         let window = self.src[at..end].replace("&nbsp;", " ");
         header_label(&window) == Some(Label::From)
-            && window.split_once(':').is_some_and(|(l, _)| !l.contains('<'))
+            && window
+                .split_once(':')
+                .is_some_and(|(l, _)| !l.contains('<'))
     }
 
     /// The position of the next text character at or after `from`, skipping tags, comments,
@@ -781,6 +827,8 @@ impl<'a> Renderer<'a> {
                         rest = &rest[used..];
                         if decoded == '\u{a0}' {
                             self.push_char(' ');
+                        } else if decoded == '\u{200b}' {
+                            // Soft hyphens and zero-width joiners show nothing.
                         } else {
                             self.ws_or_char(decoded);
                         }
@@ -874,36 +922,20 @@ impl<'a> Renderer<'a> {
         if self.line_started {
             self.end_line();
         }
-        let mut out = String::new();
-        let mut blank_run = false;
+        // Blank runs collapse to one line; blank lines at both ends go.
+        let mut out: Vec<&str> = Vec::with_capacity(self.lines.len());
+        let mut prev_blank = true;
         for line in &self.lines {
-            if is_blank_rendered(line) {
-                if !out.is_empty() && !blank_run {
-                    out.push_str(line);
-                    out.push('\n');
-                }
-                blank_run = true;
-            } else {
-                out.push_str(line);
-                out.push('\n');
-                blank_run = false;
+            let blank = is_blank_rendered(line);
+            if !(blank && prev_blank) {
+                out.push(line);
             }
+            prev_blank = blank;
         }
-        // Drop trailing blank lines (quoted blank lines are `>` only).
-        let trimmed_len = out
-            .trim_end_matches(|c: char| c == '\n' || c == '>' || c == ' ')
-            .len();
-        // NOTE: never cut into a last line that ends with `>` as its own content.
-        let keep = out[..trimmed_len]
-            .rfind('\n')
-            .map(|nl| {
-                let last = &out[nl + 1..];
-                let end = last.find('\n').map_or(out.len(), |i| nl + 1 + i);
-                if is_blank_rendered(&out[nl + 1..end]) { trimmed_len } else { end }
-            })
-            .unwrap_or_else(|| out.find('\n').unwrap_or(out.len()));
-        out.truncate(keep.max(trimmed_len).min(out.len()));
-        out.trim_end_matches('\n').to_owned()
+        while out.last().is_some_and(|l| is_blank_rendered(l)) {
+            out.pop();
+        }
+        out.join("\n")
     }
 }
 
@@ -977,17 +1009,20 @@ fn decode_entity(s: &str) -> Option<(char, usize)> {
         .filter(|&p| p > 0)?;
     let body = &s[..semi];
     let c = if let Some(num) = body.strip_prefix('#') {
-        let value = if let Some(hex) = num.strip_prefix(['x', 'X']) {
-            u32::from_str_radix(hex, 16).ok()
-        } else {
-            num.parse::<u32>().ok()
+        let (digits, radix) = match num.strip_prefix(['x', 'X']) {
+            Some(hex) => (hex, 16),
+            None => (num, 10),
         };
-        match value {
-            None if num.is_empty() => return None,
-            None => '\u{fffd}',
-            Some(0) => '\u{fffd}',
-            Some(v) => char::from_u32(v).unwrap_or('\u{fffd}'),
+        // NOTE: malformed digits stay as written; well-formed but impossible code points
+        // (zero, surrogates, beyond U+10FFFF, overflow) become U+FFFD, as browsers do.
+        if digits.is_empty() || !digits.chars().all(|c| c.is_digit(radix)) {
+            return None;
         }
+        u32::from_str_radix(digits, radix)
+            .ok()
+            .filter(|&v| v != 0)
+            .and_then(char::from_u32)
+            .unwrap_or('\u{fffd}')
     } else {
         named_entity(body)?
     };
@@ -1096,15 +1131,21 @@ Question: Deploy now?</pre>
   </body>
 </html>"#;
         let text = html_to_text(html);
-        assert!(text.contains("> On 11/21/26 10:02 AM, Dispatcher wrote:"), "{text}");
+        assert!(
+            text.contains("> On 11/21/26 10:02 AM, Dispatcher wrote:"),
+            "{text}"
+        );
         assert!(text.contains("> Question: Deploy now?"), "{text}");
         assert_eq!(reply_text(&text), "Yes, go ahead & deploy it.\n\nMaria");
-        assert_eq!(human_reply(None, Some(html)), "Yes, go ahead & deploy it.\n\nMaria");
+        assert_eq!(
+            human_reply(None, Some(html)),
+            "Yes, go ahead & deploy it.\n\nMaria"
+        );
     }
 
     #[test]
     fn outlook_html_only() {
-        let html = r#"<html><head><style type="text/css" style="display:none;"> P {margin-top:0;margin-bottom:0;} </style></head>
+        let html = r##"<html><head><style type="text/css" style="display:none;"> P {margin-top:0;margin-bottom:0;} </style></head>
 <body dir="ltr">
 <div class="elementToProof" style="font-family: Aptos, sans-serif; font-size: 12pt;">Option 2, please.</div>
 <div class="elementToProof" style="font-family: Aptos, sans-serif; font-size: 12pt;"><br></div>
@@ -1118,14 +1159,23 @@ Question: Deploy now?</pre>
 <div>&nbsp;</div></div>
 <div class="BodyFragment"><font size="2"><span style="font-size:11pt;">
 <div class="PlainText">Question: Which option?</div></span></font></div>
-</body></html>"#;
-        assert_eq!(html_to_text(html), "Option 2, please.\n\nKind regards,\nJonas Berg");
-        assert_eq!(human_reply(None, Some(html)), "Option 2, please.\n\nKind regards,\nJonas Berg");
+</body></html>"##;
+        assert_eq!(
+            html_to_text(html),
+            "Option 2, please.\n\nKind regards,\nJonas Berg"
+        );
+        assert_eq!(
+            human_reply(None, Some(html)),
+            "Option 2, please.\n\nKind regards,\nJonas Berg"
+        );
         // The same history without the ids, announced only by the rule line.
         let bare = html
             .replace(r#"<div id="appendonsend"></div>"#, "")
             .replace(r#"id="divRplyFwdMsg""#, "");
-        assert_eq!(html_to_text(&bare), "Option 2, please.\n\nKind regards,\nJonas Berg");
+        assert_eq!(
+            html_to_text(&bare),
+            "Option 2, please.\n\nKind regards,\nJonas Berg"
+        );
         // A rule line that is not followed by a From: block is only a break.
         assert_eq!(html_to_text("<p>a</p><hr><p>b</p>"), "a\n\nb");
     }
@@ -1172,12 +1222,21 @@ Question: Deploy now?</pre>
     fn gmail_html() {
         let html = r#"<div dir="ltr">Run it against <b>staging</b>&nbsp;first.<div><br></div><div>Thanks!</div></div><br><div class="gmail_quote gmail_quote_container"><div dir="ltr" class="gmail_attr">On Sat, Nov 21, 2026 at 10:02 AM Dispatcher &lt;<a href="mailto:dispatcher@example.test">dispatcher@example.test</a>&gt; wrote:<br></div><blockquote class="gmail_quote" style="margin:0px 0px 0px 0.8ex;border-left:1px solid rgb(204,204,204);padding-left:1ex">Task 6f1c2a90 needs assistance.<br><br>Question: Which database?<br></blockquote></div>"#;
         let text = html_to_text(html);
-        assert!(text.starts_with("Run it against staging first.\n\nThanks!\n"), "{text}");
+        assert!(
+            text.starts_with("Run it against staging first.\n\nThanks!\n"),
+            "{text}"
+        );
         assert!(text.contains("> On Sat, Nov 21, 2026"), "{text}");
         assert!(text.contains("> > Question: Which database?"), "{text}");
-        assert_eq!(human_reply(None, Some(html)), "Run it against staging first.\n\nThanks!");
+        assert_eq!(
+            human_reply(None, Some(html)),
+            "Run it against staging first.\n\nThanks!"
+        );
         // text/plain wins when both are there.
-        assert_eq!(human_reply(Some("Plain wins.\n> q"), Some(html)), "Plain wins.");
+        assert_eq!(
+            human_reply(Some("Plain wins.\n> q"), Some(html)),
+            "Plain wins."
+        );
     }
 
     #[test]
@@ -1219,6 +1278,7 @@ Question: Deploy now?</pre>
             "Il giorno sab 21 nov 2026 alle ore 10:02 Dispatcher <dispatcher@example.test> ha scritto:",
             "Op za 21 nov 2026 om 10:02 schreef Dispatcher <dispatcher@example.test>:",
             "Dispatcher <dispatcher@example.test> wrote:",
+            "Quoting Dispatcher <dispatcher@example.test>:",
         ] {
             let body = format!("Oui.\n\n{attribution}\n> question\n");
             assert_eq!(reply_text(&body), "Oui.", "{attribution}");
@@ -1228,13 +1288,23 @@ Question: Deploy now?</pre>
     #[test]
     fn apple_mail_html() {
         let html = r#"<html><head><meta http-equiv="content-type" content="text/html; charset=utf-8"></head><body dir="auto">Option 1 is fine.<div><br></div><div>Sent from my iPhone</div><div><br><blockquote type="cite">On Nov 21, 2026, at 10:02, Dispatcher &lt;dispatcher@example.test&gt; wrote:<br><br></blockquote></div><blockquote type="cite"><div dir="ltr">Question: Which option?</div></blockquote></body></html>"#;
-        assert_eq!(human_reply(None, Some(html)), "Option 1 is fine.\n\nSent from my iPhone");
+        assert_eq!(
+            human_reply(None, Some(html)),
+            "Option 1 is fine.\n\nSent from my iPhone"
+        );
     }
 
     #[test]
     fn fallback_keeps_text_written_below_the_history() {
         let body = "-----Original Message-----\nFrom: Dispatcher\nSent: Saturday\nTo: Jonas\nSubject: x\n\n> Which database?\nStaging.\n";
         assert_eq!(reply_text(body), "Staging.");
+        assert_eq!(reply_text("Ok.\n-----Original Message-----"), "Ok.");
+        assert_eq!(reply_text("Ok.\n-----Original Message-----\n\n"), "Ok.");
+        assert_eq!(reply_text("-----Original Message-----"), "");
+        assert_eq!(
+            reply_text("Ok.\n______________________________\nFrom: x"),
+            "Ok."
+        );
         let sig_only = "> Which database?\n\n-- \nJonas\n";
         assert_eq!(reply_text(sig_only), "");
         assert_eq!(reply_text("> all quoted\n> still quoted"), "");
@@ -1251,27 +1321,64 @@ Question: Deploy now?</pre>
     #[test]
     fn html_basics() {
         assert_eq!(
-            html_to_text("<ul><li>one</li><li>two &lt;b&gt;</li></ul><p>x&#39;s &#x263A; &#128512; &quot;q&quot;</p>"),
+            html_to_text(
+                "<ul><li>one</li><li>two &lt;b&gt;</li></ul><p>x&#39;s &#x263A; &#128512; &quot;q&quot;</p>"
+            ),
             "- one\n- two <b>\n\nx's ☺ 😀 \"q\""
         );
         assert_eq!(html_to_text("a   b\n\tc<br>d<br><br>e"), "a b c\nd\n\ne");
-        assert_eq!(html_to_text("<table><tr><td>a</td><td>b</td></tr><tr><td>c</td></tr></table>"), "a b\nc");
-        assert_eq!(html_to_text("<pre>  x\n    y</pre>z"), "x\n    y\nz".replacen("x", "  x", 1));
+        assert_eq!(
+            html_to_text("<table><tr><td>a</td><td>b</td></tr><tr><td>c</td></tr></table>"),
+            "a b\nc"
+        );
+        assert_eq!(
+            html_to_text("<pre>  x\n    y</pre>z"),
+            "x\n    y\nz".replacen("x", "  x", 1)
+        );
         assert_eq!(html_to_text("<h1>Title</h1><p>Body</p>"), "Title\n\nBody");
-        assert_eq!(html_to_text("x <!-- hidden --> y<script>alert(1)</script>"), "x y");
+        assert_eq!(
+            html_to_text("x <!-- hidden --> y<script>alert(1)</script>"),
+            "x y"
+        );
         assert_eq!(html_to_text("1 < 2 and 3 > 2"), "1 < 2 and 3 > 2");
-        assert_eq!(html_to_text("&amp &unknown; &#; &#xZZ; &#99999999;"), "&amp &unknown; &#; \u{fffd} \u{fffd}");
-        assert_eq!(html_to_text("<blockquote>q</blockquote>after"), "> q\nafter");
+        assert_eq!(
+            html_to_text("&amp &unknown; &#; &#xZZ; &#99999999999; &#xD800; &#0; a&shy;b"),
+            "&amp &unknown; &#; &#xZZ; \u{fffd} \u{fffd} \u{fffd} ab"
+        );
+        assert_eq!(
+            html_to_text("<blockquote>q</blockquote>after"),
+            "> q\nafter"
+        );
         assert_eq!(html_to_text("<p title='a > b'>x</p>"), "x");
     }
 
     #[test]
     fn malformed_html_never_panics() {
         for s in [
-            "<", "<<", "<a", "<a href=\"x", "<!--", "<!", "</", "</>", "<div", "<p>unclosed <b>bold",
-            "<blockquote><blockquote>deep", "</blockquote></blockquote>text", "<script>never ends",
-            "<head><p>no head end", "&", "&#", "&#x", "&#x110000;", "é<é>é&é;", "<hr", "<hr>",
-            "<div id=\"divRplyFwdMsg", "<a b='>c", "\u{0}<\u{0}>",
+            "<",
+            "<<",
+            "<a",
+            "<a href=\"x",
+            "<!--",
+            "<!",
+            "</",
+            "</>",
+            "<div",
+            "<p>unclosed <b>bold",
+            "<blockquote><blockquote>deep",
+            "</blockquote></blockquote>text",
+            "<script>never ends",
+            "<head><p>no head end",
+            "&",
+            "&#",
+            "&#x",
+            "&#x110000;",
+            "é<é>é&é;",
+            "<hr",
+            "<hr>",
+            "<div id=\"divRplyFwdMsg",
+            "<a b='>c",
+            "\u{0}<\u{0}>",
         ] {
             let _ = html_to_text(s);
             let _ = human_reply(None, Some(s));
@@ -1291,7 +1398,10 @@ Question: Deploy now?</pre>
         let deep = "<div>".repeat(200_000) + "x" + &"</div>".repeat(200_000);
         assert_eq!(html_to_text(&deep), "x");
         let quotes = "<blockquote>".repeat(100_000) + "x";
-        assert_eq!(html_to_text(&quotes), format!("{}x", "> ".repeat(MAX_SHOWN_DEPTH)));
+        assert_eq!(
+            html_to_text(&quotes),
+            format!("{}x", "> ".repeat(MAX_SHOWN_DEPTH))
+        );
         let unmatched = "<div>".repeat(100_000) + &"</span>".repeat(100_000);
         let _ = html_to_text(&unmatched);
         let _ = html_to_text(&"<hr>".repeat(500_000));
@@ -1304,5 +1414,118 @@ Question: Deploy now?</pre>
         let _ = reply_text(&"From: a\n".repeat(200_000));
         let _ = reply_text(&"_".repeat(1_000_000));
         assert!(started.elapsed() < QUICK, "took {:?}", started.elapsed());
+    }
+
+    /// The hand-written fixtures under `fixtures/human/` give what the person wrote (the
+    /// golden harness checks the other fields).
+    #[test]
+    fn fixtures() {
+        use crate::wire::message::Inbound;
+        macro_rules! fixture {
+            ($name:literal, $expected:expr) => {
+                (
+                    $name,
+                    &include_bytes!(concat!("../../fixtures/human/", $name))[..],
+                    $expected,
+                )
+            };
+        }
+        let cases = [
+            fixture!(
+                "thunderbird-plain-reply-to-help.eml",
+                "Use staging-eu. prod-eu is frozen until the 4.2.0 release on Monday, so\n\
+                 please do not touch it before then.\n\n\
+                 If the migration fails on staging, stop and send me the error output\n\
+                 instead of retrying.\n\nMaria"
+            ),
+            fixture!(
+                "thunderbird-html-only-reply-to-dispatch.eml",
+                "I reviewed docs/sv/onboarding.md against the English original. Three problems:\n\n\
+                 - Section 2, step 3: \"Logga in med SSO\" is missing the sentence about the hardware key.\n\
+                 - Section 4 mixes \"arbetsyta\" and \"arbetsområde\"; use \"arbetsyta\" everywhere.\n\
+                 - The last paragraph still links to the old support page.\n\n\
+                 Everything else reads well – no other changes needed."
+            ),
+            fixture!(
+                "outlook-html-only-reply-to-help.eml",
+                "Quarantine test_sync_large_mailbox only. The other one (test_push_reconnect) is a \
+                 real regression from Tuesday’s change: leave it failing and open an issue for it.\n\n/Jonas"
+            ),
+            fixture!(
+                "outlook-desktop-alternative-reply-to-result.eml",
+                "Thanks, this looks right. Please also add a short migration note for the v1 export \
+                 endpoint and link issue #412 from the deprecation entry.\n\nJonas"
+            ),
+            fixture!(
+                "outlook-plain-original-message-reply-to-rejected-result.eml",
+                "The credentials are in the vault under ci/deploy-bot now. Please try again.\n\nSam"
+            ),
+            fixture!(
+                "gmail-alternative-reply-to-help.eml",
+                "Stop and wait for the release. I'll dispatch the task again on Monday once 4.2.0 \
+                 is out.\n\nThanks for checking first!"
+            ),
+            fixture!(
+                "mutt-flowed-inline-reply-with-signature.eml",
+                "Keep 14 days of nightlies, plus the first backup of every month for a\nyear.\n\n\
+                 Then grow the volume to 2 TB first; the ticket for that is OPS-1187.\n\n\
+                 None of these alone, see above."
+            ),
+            fixture!(
+                "apple-mail-reply-to-result.eml",
+                "Looks good. Please also publish the guide to the staging docs site so that support \
+                 can read it before Monday, and send me the link.\n\nChen"
+            ),
+            fixture!(
+                "k9-german-reply-to-help.eml",
+                "Option 2 bitte: erst den Index neu aufbauen, dann die Migration starten. \
+                 Danke!\n\nGruß\nLukas"
+            ),
+            fixture!(
+                "french-thunderbird-reply-to-result.eml",
+                "Merci ! Peux-tu aussi traduire la page « Premiers pas » avec le même\n\
+                 glossaire, et me renvoyer la liste des termes que tu n'as pas trouvés ?\n\nCamille"
+            ),
+            fixture!(
+                "top-posted-reply-long-quote.eml",
+                "Go with plan B: roll out to the eu-west canary first, and to the other regions two \
+                 hours later if the error rate stays under 0.5%.\n\n\
+                 Ping me when the canary is green.\n\nAna"
+            ),
+            fixture!(
+                "in-reply-to-without-angle-brackets.eml",
+                "Yes, delete the three stale feature branches. Keep release/4.1 though,\n\
+                 support still builds hotfixes from it.\n\nInes"
+            ),
+            fixture!(
+                "plain-new-task.eml",
+                "Hi,\n\nthe TLS certificate of staging.example.test expires on Wednesday. Please\n\
+                 renew it with the usual ACME account, deploy it to both load balancers\n\
+                 and check that https://staging.example.test/health answers with the new\n\
+                 certificate.\n\nReply with the new expiry date when you are done.\n\n\
+                 Thanks,\nMaria"
+            ),
+        ];
+        for (name, raw, expected) in cases {
+            let msg = Inbound::from_bytes(raw).unwrap();
+            let body = msg.body.unwrap();
+            // NOTE: compared paragraph by paragraph: the message reader undoes format=flowed,
+            // so a flowed paragraph arrives as one line while a fixed one keeps its breaks.
+            let paragraphs = |s: &str| -> Vec<String> {
+                s.split("\n\n")
+                    .map(|p| p.split_whitespace().collect::<Vec<_>>().join(" "))
+                    .collect()
+            };
+            let got = human_reply(body.text.as_deref(), body.html.as_deref());
+            assert_eq!(paragraphs(&got), paragraphs(expected), "{name}");
+            // Where both parts exist, the HTML part says the same.
+            if let (Some(_), Some(html)) = (&body.text, &body.html) {
+                assert_eq!(
+                    paragraphs(&reply_text(&html_to_text(html))),
+                    paragraphs(expected),
+                    "{name} (html)"
+                );
+            }
+        }
     }
 }
