@@ -32,6 +32,133 @@ pub enum RenderCommand {
     Cancel(CancelArgs),
     /// A task.ack.
     Ack(AckArgs),
+    /// An ASMTP envelope (agent-to-agent message).
+    Envelope(EnvelopeArgs),
+}
+
+/// Flags of `render envelope`.
+#[derive(Debug, Args)]
+pub struct EnvelopeArgs {
+    /// Sender handle `@owner.name`.
+    #[arg(long)]
+    pub from: String,
+    /// Recipient handle (repeatable).
+    #[arg(long, required = true)]
+    pub to: Vec<String>,
+    /// Copy recipient handle (repeatable).
+    #[arg(long)]
+    pub cc: Vec<String>,
+    #[arg(long)]
+    pub subject: Option<String>,
+    /// A text part.
+    #[arg(long)]
+    pub text: Option<String>,
+    /// A data part: a JSON object.
+    #[arg(long)]
+    pub data: Option<String>,
+    /// Schema of the data part, e.g. `aamp/1.1`.
+    #[arg(long, requires = "data")]
+    pub schema: Option<String>,
+    /// Envelope id this one answers.
+    #[arg(long)]
+    pub in_reply_to: Option<String>,
+    /// Earlier envelope ids of the conversation, oldest first (repeatable).
+    #[arg(long = "references")]
+    pub references: Vec<String>,
+    /// Ask for delivery facts under this monitor id (`mon_...`).
+    #[arg(long)]
+    pub monitor: Option<String>,
+    /// The agents' mail domain (`owner.name@DOMAIN`).
+    #[arg(long, default_value = "example.test")]
+    pub domain: String,
+    /// Envelope id (default: a new ULID).
+    #[arg(long)]
+    pub id: Option<String>,
+    /// Date to stamp, RFC 3339 (default: now).
+    #[arg(long)]
+    pub date: Option<String>,
+    /// Print `{"messageId", "envelope", "raw"}` as JSON instead of the raw bytes.
+    #[arg(long)]
+    pub json: bool,
+}
+
+impl EnvelopeArgs {
+    fn execute(self) -> anyhow::Result<Exit> {
+        use crate::wire::asmtp::{ContentPart, Envelope, EnvelopeId, Handle};
+        let handle = |h: &str, flag: &str| {
+            Handle::parse(h).with_context(|| format!("cannot use {flag} '{h}': write @owner.name"))
+        };
+        let now = match &self.date {
+            Some(d) => DateTime::parse_from_rfc3339(d)
+                .map(|d| d.with_timezone(&Utc))
+                .with_context(|| format!("cannot use --date '{d}': use RFC 3339"))?,
+            None => crate::clock::now(),
+        };
+        let id = match &self.id {
+            Some(i) => EnvelopeId::parse(i).with_context(|| format!("cannot use --id '{i}'"))?,
+            None => EnvelopeId::parse(&crate::ids::ulid(now))?,
+        };
+        let mut parts = Vec::new();
+        if let Some(t) = &self.text {
+            parts.push(ContentPart::text(t.as_str()));
+        }
+        if let Some(d) = &self.data {
+            let value: serde_json::Value = serde_json::from_str(d)
+                .with_context(|| format!("cannot use --data '{d}': it is not JSON"))?;
+            parts.push(ContentPart::data(value, self.schema.as_deref()));
+        }
+        if parts.is_empty() {
+            bail!("cannot render an envelope without content: add --text or --data");
+        }
+        let mut env = Envelope::new(
+            id,
+            handle(&self.from, "--from")?,
+            self.to
+                .iter()
+                .map(|h| handle(h, "--to"))
+                .collect::<Result<_, _>>()?,
+            now.timestamp_millis(),
+            parts,
+        );
+        env.cc = self
+            .cc
+            .iter()
+            .map(|h| handle(h, "--cc"))
+            .collect::<Result<_, _>>()?;
+        env.subject = self.subject;
+        env.monitor = self.monitor;
+        env.in_reply_to = self
+            .in_reply_to
+            .as_deref()
+            .map(EnvelopeId::parse)
+            .transpose()
+            .context("cannot use --in-reply-to")?;
+        env.references = self
+            .references
+            .iter()
+            .map(|r| EnvelopeId::parse(r))
+            .collect::<Result<_, _>>()
+            .context("cannot use --references")?;
+        if let Some(parent) = &env.in_reply_to
+            && !env.references.is_empty()
+            && env.references.last() != Some(parent)
+        {
+            env.references.push(parent.clone());
+        }
+        env.validate().context("cannot render this envelope")?;
+        let out = env.to_outbound(&self.domain, now);
+        let raw = out.render();
+        if self.json {
+            output::print_json(&json!({
+                "messageId": out.message_id,
+                "envelope": serde_json::from_slice::<serde_json::Value>(&env.canonical_json())?,
+                "raw": String::from_utf8_lossy(&raw),
+            }))?;
+        } else {
+            output::write_stdout(&raw)?;
+        }
+        Ok(Exit::Ok)
+    }
 }
 
 /// Envelope and threading flags shared by every intent.
@@ -184,6 +311,7 @@ impl RenderCommand {
     /// Runs the verb.
     pub fn execute(self) -> anyhow::Result<Exit> {
         let (common, message) = match self {
+            RenderCommand::Envelope(a) => return a.execute(),
             RenderCommand::Dispatch(a) => {
                 let input = load_input(&a.common, Intent::TaskDispatch)?;
                 let mut d = match input.as_ref().map(|i| &i.1.payload) {
