@@ -129,34 +129,24 @@ pub fn write_text(out: &mut String, name: &str, value: &str) {
     }
 }
 
-/// The byte index of the single space that ends the longest run of leading words a plain
-/// header can carry, if any.
+/// The byte index of the clean fold point that ends the longest plain prefix a header can
+/// carry (printable ASCII, no `=?`, every run between fold points short enough), if any.
 fn plain_prefix_split(name: &str, value: &str) -> Option<usize> {
-    let bytes = value.as_bytes();
     let limit = HARD_LINE - name.len() - 2;
+    let first_bad = value
+        .find(|c: char| !(c.is_ascii_graphic() || c == ' '))
+        .unwrap_or(value.len());
+    let first_bad = value.find("=?").map_or(first_bad, |i| i.min(first_bad));
     let mut best = None;
-    let mut word_start = 0;
-    for (i, &b) in bytes.iter().enumerate() {
-        if b == b' ' {
-            let word = &value[word_start..i];
-            if word.is_empty() || word.len() > limit || !is_plain(word) {
-                break;
-            }
-            let clean =
-                i > 0 && bytes[i - 1] != b' ' && bytes.get(i + 1).is_some_and(|&n| n != b' ');
-            if clean {
-                best = Some(i);
-            }
-            word_start = i + 1;
-        } else if !(b.is_ascii_graphic()) {
+    let mut start = 0;
+    for p in fold_points(value) {
+        if p > first_bad || p - start > limit {
             break;
         }
+        best = Some(p);
+        start = p;
     }
     best
-}
-
-fn is_plain(word: &str) -> bool {
-    word.bytes().all(|b| b.is_ascii_graphic()) && !word.contains("=?")
 }
 
 /// Writes a header whose value is a base64url token (no white space of its own).
@@ -208,9 +198,25 @@ fn needs_encoding(name: &str, value: &str) -> bool {
     if !value.is_ascii() || value.contains("=?") {
         return true;
     }
-    // A single word (run without a foldable single space) must fit on one line.
+    // Folding happens only at clean fold points; every run between two of them (which may hold
+    // runs of spaces) must fit on one line.
     let limit = HARD_LINE - name.len() - 2;
-    value.split(' ').any(|word| word.len() > limit)
+    let mut start = 0;
+    for p in fold_points(value) {
+        if p - start > limit {
+            return true;
+        }
+        start = p;
+    }
+    value.len() - start > limit
+}
+
+/// The byte offsets of single spaces between two non-space octets: the only places a value may
+/// be folded without changing what any unfolding reader sees.
+fn fold_points(value: &str) -> impl Iterator<Item = usize> + '_ {
+    let b = value.as_bytes();
+    (1..b.len().saturating_sub(1))
+        .filter(move |&i| b[i] == b' ' && b[i - 1] != b' ' && b[i + 1] != b' ')
 }
 
 /// Folds at single spaces (never at a run of spaces, so that every unfolding reader, strict
@@ -462,6 +468,18 @@ mod tests {
             assert!(longest_line(r.as_bytes()) <= SOFT_LINE, "{r}");
             assert_eq!(as_text(&raw_value(&r, "Subject")), sanitize(v));
         }
+    }
+
+    #[test]
+    fn runs_of_double_spaces_are_encoded_not_overlong() {
+        let v = "ab  ".repeat(600);
+        let r = render("X-AAMP-TaskId", &v);
+        assert!(longest_line(r.as_bytes()) <= SOFT_LINE, "{r}");
+        assert_eq!(as_text(&raw_value(&r, "X-AAMP-TaskId")), sanitize(&v));
+        let v = format!("[AAMP Task] {}", "x".repeat(990));
+        let r = render("Subject", &v);
+        assert!(longest_line(r.as_bytes()) <= HARD_LINE, "{r}");
+        assert_eq!(as_text(&raw_value(&r, "Subject")), v);
     }
 
     #[test]
