@@ -305,7 +305,9 @@ impl Inbound {
     /// Reads a JMAP `Email` object (RFC 8621 §4.1) as returned by `Email/get`: `messageId`,
     /// `inReplyTo`, `references`, `from`, `to`, `cc`, `subject`, `sentAt`, any
     /// `header:NAME:asText` or `header:NAME:asText:all` properties, and, when present,
-    /// `bodyValues` with `textBody`/`htmlBody` and `attachments`. The `application/json` part of
+    /// `bodyValues` with `textBody`/`htmlBody` (ask for the body property
+    /// `header:Content-Type` (raw form; Stalwart answers null to `:asText` there) too, so that format=flowed text is read as the person wrote it)
+    /// and `attachments`. The `application/json` part of
     /// an ASMTP mail is a blob: the transport downloads it and sets `body.json_part`.
     pub fn from_jmap(email: &serde_json::Value) -> Inbound {
         use serde_json::Value;
@@ -384,7 +386,23 @@ impl Inbound {
                         return None;
                     }
                     let id = p.get("partId")?.as_str()?;
-                    Some(values.get(id)?.get("value")?.as_str()?.to_owned())
+                    let value = values.get(id)?.get("value")?.as_str()?;
+                    // NOTE: JMAP hands out the text as sent; undo format=flowed as the raw-bytes
+                    // reader does. The Content-Type comes from a `header:Content-Type` body
+                    // property, which the transport asks for.
+                    let ctype = p
+                        .as_object()?
+                        .iter()
+                        .filter(|(k, _)| k.to_ascii_lowercase().starts_with("header:content-type"))
+                        .find_map(|(_, v)| v.as_str())
+                        .unwrap_or_default()
+                        .to_ascii_lowercase()
+                        .replace([' ', '"'], "");
+                    Some(if ctype.contains("format=flowed") {
+                        super::reply::unflow(value, ctype.contains("delsp=yes"))
+                    } else {
+                        value.to_owned()
+                    })
                 })
             };
             let attachments = email
