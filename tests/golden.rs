@@ -103,7 +103,11 @@ fn inbound_fixtures_match_their_json() {
             };
             if got != expected {
                 std::fs::write(&failed_path, serde_json::to_string_pretty(&got).unwrap()).unwrap();
-                failures.push(format!("{}: differs (see {})", eml.display(), failed_path.display()));
+                failures.push(format!(
+                    "{}: differs (see {})",
+                    eml.display(),
+                    failed_path.display()
+                ));
                 continue;
             }
             let _ = std::fs::remove_file(&failed_path);
@@ -117,14 +121,24 @@ fn inbound_fixtures_match_their_json() {
                 let a = line_end_neutral(describe(&other));
                 let b = line_end_neutral(expected.clone());
                 if a != b {
-                    failures.push(format!("{}: differs after changing line ends", eml.display()));
+                    failures.push(format!(
+                        "{}: differs after changing line ends",
+                        eml.display()
+                    ));
                 }
             }
             ran += 1;
         }
     }
-    assert!(failures.is_empty(), "golden failures:\n{}", failures.join("\n"));
-    assert!(ran >= 60, "only {ran} inbound fixtures ran; expected at least 60");
+    assert!(
+        failures.is_empty(),
+        "golden failures:\n{}",
+        failures.join("\n")
+    );
+    assert!(
+        ran >= 60,
+        "only {ran} inbound fixtures ran; expected at least 60"
+    );
 }
 
 #[test]
@@ -140,14 +154,22 @@ fn render_fixtures_match_byte_for_byte() {
     inputs.sort();
     let mut ran = 0;
     for input in &inputs {
-        let stem = input.file_name().unwrap().to_string_lossy().replace(".input.json", "");
+        let stem = input
+            .file_name()
+            .unwrap()
+            .to_string_lossy()
+            .replace(".input.json", "");
         let intent = stem.split('-').next().unwrap();
         let out = Command::new(env!("CARGO_BIN_EXE_taskmail"))
             .args(["render", intent, "--json-input"])
             .arg(input)
             .output()
             .unwrap();
-        assert!(out.status.success(), "{stem}: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "{stem}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         let expected_path = dir.join(format!("{stem}.eml"));
         if bless && !expected_path.exists() {
             std::fs::write(&expected_path, &out.stdout).unwrap();
@@ -155,11 +177,21 @@ fn render_fixtures_match_byte_for_byte() {
         let expected = std::fs::read(&expected_path).unwrap();
         if out.stdout != expected {
             std::fs::write(dir.join(format!("{stem}.failed")), &out.stdout).unwrap();
-            panic!("{stem}: rendered bytes differ from {}", expected_path.display());
+            panic!(
+                "{stem}: rendered bytes differ from {}",
+                expected_path.display()
+            );
         }
         for line in out.stdout.split(|&b| b == b'\n') {
-            assert!(line.len() <= 78 + 1, "{stem}: a line of {} octets", line.len());
-            assert!(line.ends_with(b"\r") || line.is_empty(), "{stem}: a bare LF");
+            assert!(
+                line.len() <= 78 + 1,
+                "{stem}: a line of {} octets",
+                line.len()
+            );
+            assert!(
+                line.ends_with(b"\r") || line.is_empty(),
+                "{stem}: a bare LF"
+            );
         }
         ran += 1;
     }
