@@ -6,7 +6,9 @@
 //! wire        pure codec: RFC 5322 bytes / JMAP header maps <-> typed AAMP intents, ASMTP envelopes,
 //!             human replies. No I/O, no clock reads: callers pass time and ids in.
 //! config      TOML config -> validated Config (leaf)          profile   agent + server profiles (leaf)
-//! transport   SMTP submission (lettre) and JMAP (jmap-client): the only place those crates appear
+//! transport   SMTP submission (lettre) and JMAP over HTTP and RFC 8887 WebSocket (our own small
+//!             client: jmap-client 0.4 cannot follow Cyrus's relative session URLs); the only
+//!             place lettre, reqwest and tungstenite appear
 //! store       SQLite: JMAP state, processed ids, tasks, Message-ID -> TaskId index, outbox, audit
 //! trust       sender policy, authentication verdicts, untrusted-content wrapping
 //! daemon      the worker and dispatcher pipelines
@@ -16,7 +18,7 @@
 //! # Data flow
 //!
 //! Inbound: a push hint or poll tick -> `Email/changes` since the persisted state -> headers-only
-//! `Email/get` -> [`wire::message::Inbound`] -> [`wire::classify`] -> trust gate -> body -> route.
+//! `Email/get` -> [`wire::message::Inbound`] -> [`wire::classify()`] -> trust gate -> body -> route.
 //! Outbound: a typed intent -> [`wire::message::Outbound`] -> RFC 5322 bytes with a Message-ID we
 //! chose -> outbox row -> SMTP submission.
 //!
@@ -28,6 +30,9 @@
 pub mod cli;
 pub mod clock;
 pub mod config;
+pub mod daemon;
 pub mod ids;
 pub mod profile;
+pub mod store;
+pub mod transport;
 pub mod wire;

@@ -7,7 +7,7 @@
 //! - [`thread`]: Message-IDs, In-Reply-To and References chains.
 //! - [`reply`]: the text a person actually wrote in a reply.
 //! - [`message`]: [`message::Outbound`] -> bytes, bytes or JMAP properties -> [`message::Inbound`].
-//! - [`classify`]: what an inbound message is (AAMP, ASMTP, human reply, plain mail, not ours).
+//! - [`classify`](mod@classify): what an inbound message is (AAMP, ASMTP, human reply, plain mail, not ours).
 
 pub mod aamp;
 pub mod asmtp;

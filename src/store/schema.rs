@@ -1,0 +1,161 @@
+//! The versioned schema: an ordered list of migrations, applied by [`migrate`] from the file's
+//! `PRAGMA user_version` up to [`MIGRATIONS`]`.len()`.
+//!
+//! Rules for whoever adds a migration:
+//! - append, never edit a released entry (a file at version N has run entries `0..N` verbatim);
+//! - each entry runs in one transaction together with the `user_version` bump, so a crash
+//!   leaves the file at the previous version and the step runs again on the next open;
+//! - write entries idempotently anyway (`IF NOT EXISTS`), so a hand-repaired file survives;
+//! - SQLite cannot alter a CHECK or a key: rebuild the table (create new, copy, drop, rename).
+
+use rusqlite::{Connection, TransactionBehavior};
+
+use super::StoreError;
+
+/// Version 1: every table of the first release. See the module docs of [`crate::store`].
+const V1: &str = r#"
+CREATE TABLE IF NOT EXISTS jmap_state (
+    account     TEXT PRIMARY KEY NOT NULL,
+    state       TEXT NOT NULL,
+    updated_at  INTEGER NOT NULL
+) WITHOUT ROWID;
+
+CREATE TABLE IF NOT EXISTS processed (
+    account       TEXT NOT NULL,
+    email_id      TEXT NOT NULL,
+    message_id    TEXT,
+    verdict       TEXT NOT NULL,
+    processed_at  INTEGER NOT NULL,
+    expires_at    INTEGER,
+    PRIMARY KEY (account, email_id)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS processed_by_message_id
+    ON processed (account, message_id) WHERE message_id IS NOT NULL;
+CREATE INDEX IF NOT EXISTS processed_by_time ON processed (processed_at);
+
+CREATE TABLE IF NOT EXISTS tasks (
+    account              TEXT NOT NULL,
+    task_id              TEXT NOT NULL,
+    role                 TEXT NOT NULL CHECK (role IN ('worker', 'dispatcher')),
+    state                TEXT NOT NULL,
+    peer                 TEXT NOT NULL,
+    title                TEXT NOT NULL DEFAULT '',
+    priority             TEXT NOT NULL DEFAULT 'normal',
+    expires_at           INTEGER,
+    session_key          TEXT,
+    dispatch_message_id  TEXT,
+    last_message_id      TEXT,
+    created_at           INTEGER NOT NULL,
+    updated_at           INTEGER NOT NULL,
+    attempts             INTEGER NOT NULL DEFAULT 0,
+    result_status        TEXT,
+    result_output        TEXT,
+    result_error         TEXT,
+    structured_result    TEXT,
+    result_truncated     INTEGER NOT NULL DEFAULT 0,
+    help_question        TEXT,
+    PRIMARY KEY (account, task_id, role)
+);
+CREATE INDEX IF NOT EXISTS tasks_by_state ON tasks (role, state, created_at);
+CREATE INDEX IF NOT EXISTS tasks_by_created ON tasks (created_at);
+CREATE INDEX IF NOT EXISTS tasks_by_updated ON tasks (updated_at);
+
+CREATE TABLE IF NOT EXISTS message_index (
+    account     TEXT NOT NULL,
+    message_id  TEXT NOT NULL,
+    role        TEXT NOT NULL,
+    task_id     TEXT NOT NULL,
+    intent      TEXT NOT NULL,
+    direction   TEXT NOT NULL CHECK (direction IN ('in', 'out')),
+    at          INTEGER NOT NULL,
+    PRIMARY KEY (account, message_id, role),
+    FOREIGN KEY (account, task_id, role)
+        REFERENCES tasks (account, task_id, role) ON DELETE CASCADE
+);
+CREATE INDEX IF NOT EXISTS message_index_by_task
+    ON message_index (account, task_id, role, at);
+
+CREATE TABLE IF NOT EXISTS outbox (
+    message_id       TEXT PRIMARY KEY NOT NULL,
+    account          TEXT NOT NULL,
+    smtp_from        TEXT NOT NULL,
+    rcpt_to          TEXT NOT NULL,
+    bytes            BLOB NOT NULL,
+    task_id          TEXT,
+    intent           TEXT NOT NULL,
+    status           TEXT NOT NULL DEFAULT 'pending'
+                     CHECK (status IN ('pending', 'sent', 'dead')),
+    attempts         INTEGER NOT NULL DEFAULT 0,
+    last_error       TEXT,
+    created_at       INTEGER NOT NULL,
+    next_attempt_at  INTEGER NOT NULL,
+    sent_at          INTEGER
+);
+CREATE INDEX IF NOT EXISTS outbox_by_due ON outbox (status, next_attempt_at);
+
+CREATE TABLE IF NOT EXISTS audit (
+    id          INTEGER PRIMARY KEY AUTOINCREMENT,
+    at          INTEGER NOT NULL,
+    account     TEXT NOT NULL,
+    message_id  TEXT,
+    peer        TEXT,
+    verdict     TEXT NOT NULL,
+    rule        TEXT,
+    detail      TEXT
+);
+CREATE INDEX IF NOT EXISTS audit_by_time ON audit (at);
+CREATE TRIGGER IF NOT EXISTS audit_no_update BEFORE UPDATE ON audit
+BEGIN
+    SELECT RAISE(ABORT, 'the audit log is append-only');
+END;
+CREATE TRIGGER IF NOT EXISTS audit_no_delete BEFORE DELETE ON audit
+BEGIN
+    SELECT RAISE(ABORT, 'the audit log is append-only');
+END;
+
+CREATE TABLE IF NOT EXISTS kv (
+    key         TEXT PRIMARY KEY NOT NULL,
+    value       TEXT NOT NULL,
+    updated_at  INTEGER NOT NULL
+) WITHOUT ROWID;
+"#;
+
+/// Every migration, in order: entry `i` takes a file from version `i` to `i + 1`.
+pub(super) const MIGRATIONS: &[&str] = &[V1];
+
+/// The schema version this build writes.
+pub(super) const SCHEMA_VERSION: usize = MIGRATIONS.len();
+
+/// The file's `user_version`.
+pub(super) fn user_version(conn: &Connection) -> rusqlite::Result<i64> {
+    conn.query_row("PRAGMA user_version", [], |row| row.get(0))
+}
+
+/// Brings `conn` from its `user_version` up to `migrations.len()`, one transaction per step.
+/// Returns the version the file was at before.
+pub(super) fn migrate(conn: &mut Connection, migrations: &[&str]) -> Result<usize, StoreError> {
+    let start = user_version(conn).map_err(super::error::sql("read the schema version"))?;
+    let found = usize::try_from(start).unwrap_or(usize::MAX);
+    if found > migrations.len() {
+        return Err(StoreError::TooNew {
+            found: start,
+            supported: migrations.len(),
+        });
+    }
+    for (index, sql) in migrations.iter().enumerate().skip(found) {
+        let version = index + 1;
+        let step = |conn: &mut Connection| -> rusqlite::Result<()> {
+            // NOTE: IMMEDIATE takes the write lock up front, so two daemons opening the same
+            // new file migrate one after the other; the second then sees the bumped version.
+            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let target = i64::try_from(version).unwrap_or(i64::MAX);
+            if user_version(&tx)? < target {
+                tx.execute_batch(sql)?;
+                tx.pragma_update(None, "user_version", target)?;
+            }
+            tx.commit()
+        };
+        step(conn).map_err(|source| StoreError::Migrate { version, source })?;
+    }
+    Ok(found)
+}
