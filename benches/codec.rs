@@ -14,24 +14,16 @@ const DISPATCH: &[u8] = include_bytes!("../fixtures/aamp/render/dispatch-full.em
 const RESULT: &[u8] = include_bytes!("../fixtures/aamp/render/result-completed.eml");
 
 fn outbound(msg: &AampMessage) -> Outbound {
-    Outbound {
-        from: Mailbox::new("worker@example.test"),
-        to: vec![Mailbox::new("dispatcher@example.test")],
-        cc: vec![],
-        subject: msg.subject(),
-        date: chrono::DateTime::from_timestamp(1_790_000_000, 0).unwrap_or_default(),
-        message_id: "01JDK3S8D0F2G4H6J8K0L2Z4X6@example.test".into(),
-        in_reply_to: Some("01JDK3Q2W4E6R8T0Y1U3I5O7P9@example.test".into()),
-        references: vec!["01JDK3Q2W4E6R8T0Y1U3I5O7P9@example.test".into()],
-        extra_headers: msg
-            .headers()
-            .into_iter()
-            .map(|(n, k, v)| (n.to_owned(), k, v))
-            .collect(),
-        text: msg.body_text(),
-        json_part: None,
-        attachments: vec![],
-    }
+    let mut out = Outbound::aamp(
+        msg,
+        Mailbox::new("worker@example.test"),
+        vec![Mailbox::new("dispatcher@example.test")],
+        chrono::DateTime::from_timestamp(1_790_000_000, 0).unwrap_or_default(),
+        "01JDK3S8D0F2G4H6J8K0L2Z4X6@example.test",
+    );
+    out.in_reply_to = Some("01JDK3Q2W4E6R8T0Y1U3I5O7P9@example.test".into());
+    out.references = vec!["01JDK3Q2W4E6R8T0Y1U3I5O7P9@example.test".into()];
+    out
 }
 
 fn parse(raw: &[u8]) -> AampMessage {

@@ -37,24 +37,13 @@ fn instant() -> impl Strategy<Value = DateTime<Utc>> {
 }
 
 fn roundtrip(msg: &AampMessage) -> (AampMessage, Vec<u8>) {
-    let out = Outbound {
-        from: Mailbox::new("dispatcher@example.test"),
-        to: vec![Mailbox::new("worker@example.test")],
-        cc: vec![],
-        subject: msg.subject(),
-        date: DateTime::from_timestamp(1_790_000_000, 0).unwrap(),
-        message_id: "01JDK3Q2W4E6R8T0Y1U3I5O7P9@example.test".into(),
-        in_reply_to: None,
-        references: vec![],
-        extra_headers: msg
-            .headers()
-            .into_iter()
-            .map(|(n, k, v)| (n.to_owned(), k, v))
-            .collect(),
-        text: msg.body_text(),
-        json_part: None,
-        attachments: vec![],
-    };
+    let out = Outbound::aamp(
+        msg,
+        Mailbox::new("dispatcher@example.test"),
+        vec![Mailbox::new("worker@example.test")],
+        DateTime::from_timestamp(1_790_000_000, 0).unwrap(),
+        "01JDK3Q2W4E6R8T0Y1U3I5O7P9@example.test",
+    );
     let raw = out.render();
     let inbound = Inbound::from_bytes(&raw).expect("rendered mail parses");
     match classify(&inbound) {

@@ -13,20 +13,13 @@ fuzz_target!(|data: &[u8]| {
     let _ = taskmail::cli::parse::view(&msg);
     if let Classified::Aamp(parsed) = classify(&msg) {
         let m = parsed.message;
-        let out = Outbound {
-            from: Mailbox::new("a@example.test"),
-            to: vec![Mailbox::new("b@example.test")],
-            cc: vec![],
-            subject: m.subject(),
-            date: chrono::DateTime::from_timestamp(0, 0).unwrap_or_default(),
-            message_id: "fuzz@example.test".into(),
-            in_reply_to: None,
-            references: vec![],
-            extra_headers: m.headers().into_iter().map(|(n, k, v)| (n.to_owned(), k, v)).collect(),
-            text: m.body_text(),
-            json_part: None,
-            attachments: vec![],
-        };
+        let out = Outbound::aamp(
+            &m,
+            Mailbox::new("a@example.test"),
+            vec![Mailbox::new("b@example.test")],
+            chrono::DateTime::from_timestamp(0, 0).unwrap_or_default(),
+            "fuzz@example.test",
+        );
         let raw = out.render();
         assert!(taskmail::wire::headers::longest_line(&raw) <= 998);
         let again = Inbound::from_bytes(&raw).expect("rendered mail parses");

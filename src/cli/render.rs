@@ -573,22 +573,15 @@ fn outbound(
             bytes,
         });
     }
-    Ok(Outbound {
-        from: Mailbox::new(from),
-        to: to.into_iter().map(Mailbox::new).collect(),
-        cc: Vec::new(),
-        subject: message.subject(),
-        date: now,
+    let mut out = Outbound::aamp(
+        message,
+        Mailbox::new(from),
+        to.into_iter().map(Mailbox::new).collect(),
+        now,
         message_id,
-        in_reply_to,
-        references,
-        extra_headers: message
-            .headers()
-            .into_iter()
-            .map(|(n, k, v)| (n.to_owned(), k, v))
-            .collect(),
-        text: message.body_text(),
-        json_part: None,
-        attachments,
-    })
+    );
+    out.in_reply_to = in_reply_to;
+    out.references = references;
+    out.attachments = attachments;
+    Ok(out)
 }

@@ -10,7 +10,7 @@ use mail_builder::mime::{BodyPart, MimePart};
 use mail_parser::{HeaderValue, MessageParser, MimeHeaders, PartType};
 use serde::Serialize;
 
-use super::aamp::ValueKind;
+use super::aamp::{AampMessage, ValueKind};
 use super::headers::{self, HeaderMap};
 
 /// One mailbox (`Name <address>`).
@@ -114,6 +114,36 @@ pub enum MessageError {
 }
 
 impl Outbound {
+    /// The mail that carries an AAMP message: its Subject, `X-AAMP-*` headers and body, from
+    /// `from` to `to`, with the caller's Message-ID and Date, and no thread headers, Cc or
+    /// attachments yet (set those fields as needed).
+    pub fn aamp(
+        message: &AampMessage,
+        from: Mailbox,
+        to: Vec<Mailbox>,
+        date: DateTime<Utc>,
+        message_id: impl Into<String>,
+    ) -> Outbound {
+        Outbound {
+            from,
+            to,
+            cc: Vec::new(),
+            subject: message.subject(),
+            date,
+            message_id: message_id.into(),
+            in_reply_to: None,
+            references: Vec::new(),
+            extra_headers: message
+                .headers()
+                .into_iter()
+                .map(|(name, kind, value)| (name.to_owned(), kind, value))
+                .collect(),
+            text: message.body_text(),
+            json_part: None,
+            attachments: Vec::new(),
+        }
+    }
+
     /// The exact RFC 5322 bytes to submit. Deterministic: the same value always gives the same
     /// bytes (the MIME boundary is derived from the Message-ID), so a resend after a crash is
     /// byte-identical. No line exceeds 998 octets.
