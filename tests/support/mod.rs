@@ -29,6 +29,7 @@
 pub(crate) mod http;
 pub(crate) mod jmap;
 pub(crate) mod mail;
+pub(crate) mod mutt;
 
 use std::{
     collections::BTreeMap,

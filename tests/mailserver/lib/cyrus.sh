@@ -14,7 +14,8 @@ CY_PIDFILE=$RUN_DIR/cyrus-master.pid
 PF_MARKER=$RUN_DIR/postfix.started   # we started the Postfix instance in $PF_DIR
 SYSLOG_PIDFILE=$RUN_DIR/rsyslogd.pid
 CY_ENV=$RUN_DIR/cyrus.env
-CY_PACKAGES=(cyrus-imapd cyrus-caldav sasl2-bin libsasl2-modules postfix rsyslog curl)
+# mutt tmux: the human's mail client in tests/human.rs, driven through tmux
+CY_PACKAGES=(cyrus-imapd cyrus-caldav sasl2-bin libsasl2-modules postfix rsyslog curl mutt tmux)
 CY_BIN=/usr/lib/cyrus/bin
 
 # cyrus_write_configs: write every generated file into $CY_DIR and $PF_DIR.

@@ -325,7 +325,8 @@ stalwart_stop() {
 stalwart_up() {
     local build=${1:-debug} bin t0 t1 u push
     t0=$(now)
-    apt_install curl
+    # mutt tmux: the human's mail client in tests/human.rs, driven through tmux
+    apt_install curl mutt tmux
     stalwart_build "$build"
     bin=$(stalwart_bin "$build")
     # idempotent: a running Stalwart of ours is restarted (fresh data); anything else on our
