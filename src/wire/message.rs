@@ -525,14 +525,17 @@ fn body_of(msg: &mail_parser::Message<'_>) -> Body {
                         .and_then(|c| c.attribute(name))
                         .map(str::to_ascii_lowercase)
                 };
+                // NOTE: line ends become LF, as JMAP body values have them, so that both
+                // inbound paths hand the same text on.
+                let t = t.replace("\r\n", "\n");
                 body.text = Some(if attr("format").as_deref() == Some("flowed") {
-                    super::reply::unflow(t, attr("delsp").as_deref() == Some("yes"))
+                    super::reply::unflow(&t, attr("delsp").as_deref() == Some("yes"))
                 } else {
-                    t.to_string()
+                    t
                 });
             }
             (PartType::Html(t), "text", "html") if !is_attachment && body.html.is_none() => {
-                body.html = Some(t.to_string());
+                body.html = Some(t.replace("\r\n", "\n"));
             }
             (_, "application", "json") if body.json_part.is_none() => {
                 body.json_part = Some(part.contents().to_vec());
