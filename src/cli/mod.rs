@@ -12,6 +12,7 @@ pub mod config;
 pub mod output;
 pub mod parse;
 pub mod render;
+pub mod run;
 
 /// Process exit codes (documented in the README).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -81,6 +82,8 @@ pub enum Command {
     /// Work with the configuration file.
     #[command(subcommand)]
     Config(config::ConfigCommand),
+    /// Run the worker daemon: take tasks from the mailbox, run the agent, mail results back.
+    Run(run::RunCommand),
 }
 
 impl Cli {
@@ -92,6 +95,7 @@ impl Cli {
             Command::Config(c) => {
                 c.execute(self.global.config, &crate::config::Env::from_process())
             }
+            Command::Run(c) => c.execute(self.global.config, &crate::config::Env::from_process()),
         }
     }
 }

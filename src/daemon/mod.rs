@@ -1,9 +1,516 @@
-//! The worker and dispatcher pipelines.
+//! The worker daemon: [`run`] watches one mailbox over JMAP, admits AAMP `task.dispatch` mail
+//! from allowed senders, acks it, runs an agent profile, and mails `task.help_needed` and
+//! `task.result` back in the thread through SMTP submission.
 //!
-//! - [`queue`]: the run queue: urgent > high > normal, FIFO within a priority, a concurrency
-//!   cap, expiry checked at dequeue time, cancel of queued and running tasks, no duplicate runs.
-//! - [`runner`]: runs one task with an agent profile in its own work dir and maps what the
-//!   process did to a [`runner::RunOutcome`] (completed, help needed, rejected, cancelled).
+//! # Pieces
+//!
+//! - [`inbound`]: push hint or poll tick -> `Email/changes` since the persisted state (a
+//!   bounded `Email/query` back-fill when the server cannot calculate changes) -> headers of
+//!   Inbox mail -> [`crate::wire::classify()`] -> [`gate`] -> claim (`$taskmail-claimed`,
+//!   `ifInState`) -> bodies of admitted mail only -> route. The JMAP state is saved once the
+//!   batch is processed.
+//! - [`worker`]: routing (dispatch, cancel, follow-up dispatch, human reply, plain mail), the
+//!   run scheduler over [`queue::RunQueue`] and [`runner::Runner`], and crash recovery.
+//! - [`outbound`]: render -> outbox row + thread index (same transaction as the state change)
+//!   -> SMTP submission with retries and dead letters.
+//! - [`gate`]: the sender policy, behind the [`gate::Gate`] trait where the full trust gate
+//!   (authentication verdicts, pairing) plugs in later.
+//! - [`events`]: what happened, for `taskmail run --json` and tests.
+//! - [`queue`], [`runner`]: the run queue and the agent runner.
+//!
+//! # Exactly once
+//!
+//! - **Inbound**: every mail handled is marked in the store's `processed` table with its verdict
+//!   (by JMAP id, and found again by Message-ID), in the same transaction as what it caused. The
+//!   JMAP state is saved only after the batch, so a crash re-reads the batch and the marks
+//!   dedupe it. A mail another daemon has taken (`$taskmail-claimed` or `$taskmail-done`) is
+//!   left to it; our own claim is journalled locally before it is made, so a crash between
+//!   claim and commit does not make us mistake our claim for someone else's.
+//! - **Runs**: a run starts only through the store's compare-and-set
+//!   ([`crate::store::Store::record_run_start`], `queued -> running`), so no task runs twice at
+//!   once, here or in a second daemon on the same store.
+//! - **Outbound**: a reply is rendered once, put in the outbox with its Message-ID in the same
+//!   transaction as the state change it reports (`running -> completed` and its result), and
+//!   resent byte for byte after a crash.
+//!
+//! # The restart rule (crash safety)
+//!
+//! On start, every worker task of the account still in `running` was interrupted: the process
+//! died (or the shutdown grace ran out) before the run's outcome was recorded. Because the
+//! outcome and the message reporting it are written in one transaction, such a task has sent
+//! **no** result or help request, so it is run again, with the same context. A task
+//! interrupted more than [`worker::MAX_INTERRUPTIONS`] times in a row is given up with one
+//! `rejected` result (`ErrorMsg: interrupted`), so a task that crashes the machine cannot
+//! crash-loop it. The agent therefore runs at most `1 + MAX_INTERRUPTIONS` times per
+//! dispatch, answer or follow-up, and at most once more than the number of interruptions.
+//! Tasks still `queued` (or `received`/`acked`) are queued again; `help_needed` tasks wait for
+//! their answer; a result already recorded but not yet submitted is sent by the outbox.
+//!
+//! # Shutdown
+//!
+//! When the `shutdown` future completes, intake stops, queued tasks stay queued in the store
+//! (the next start runs them), running tasks get `worker.shutdown-grace` to finish (a warning
+//! if it overruns; what is still running then is interrupted, see the restart rule), and the
+//! outbox gets a last pass.
 
+pub(crate) mod context;
+pub mod events;
+pub mod gate;
+pub mod inbound;
+pub mod outbound;
 pub mod queue;
 pub mod runner;
+pub mod worker;
+
+#[cfg(test)]
+mod tests;
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use tokio::sync::{Notify, broadcast, mpsc, watch};
+use tokio::task::JoinSet;
+
+use crate::config::{Account, Config, OnCancel, OnRefused};
+use crate::store::{Store, StoreError};
+use crate::transport::{
+    Backoff, BackoffError, Hint, JmapClient, JmapError, MailStore, PushError, PushSettings,
+    PushStatus, PushSupervisor, SendError, SmtpSubmit, Submit,
+};
+
+pub use events::{Event, EventKind};
+pub use gate::{Gate, GateInput, GateKind, SenderPolicy, Verdict};
+pub use queue::Clock;
+pub use runner::{RunError, RunReport, RunRequest, Runner};
+
+/// A future the daemon runs alongside itself and drops when it stops (the push supervisor).
+pub type Background = Pin<Box<dyn Future<Output = ()> + Send + 'static>>;
+
+/// Runs one task with the agent. [`Runner`] is the real one; logic tests script their own.
+pub trait Execute: Send + Sync {
+    /// Runs `request` to its outcome; `cancel` stops it.
+    fn execute(
+        &self,
+        request: &RunRequest,
+        cancel: runner::CancelSignal,
+    ) -> impl Future<Output = Result<RunReport, RunError>> + Send;
+}
+
+impl Execute for Runner {
+    fn execute(
+        &self,
+        request: &RunRequest,
+        cancel: runner::CancelSignal,
+    ) -> impl Future<Output = Result<RunReport, RunError>> + Send {
+        self.run(request, cancel)
+    }
+}
+
+/// What the daemon works with: the transports behind their traits, the hint stream, the agent.
+pub struct Deps<M, S, A> {
+    /// The mailbox (JMAP).
+    pub mail: Arc<M>,
+    /// SMTP submission.
+    pub submit: Arc<S>,
+    /// Agent runs.
+    pub agent: Arc<A>,
+    /// "Something may have changed" hints (push or poll ticks). When the sender side closes,
+    /// the daemon polls on its own every `jmap.poll-interval`.
+    pub hints: mpsc::Receiver<Hint>,
+    /// What produces the hints (the push supervisor); run with the daemon, dropped with it.
+    pub background: Vec<Background>,
+    /// Where [`Event`]s go; `None` for nowhere.
+    pub events: Option<broadcast::Sender<Event>>,
+    /// The clock (default [`crate::clock::now`]; tests on paused time pass their own).
+    pub clock: Clock,
+    /// The account to serve (a config account name); default `worker.account`.
+    pub account: Option<String>,
+    /// The gate; default [`SenderPolicy::from_config`].
+    pub gate: Option<Arc<dyn Gate>>,
+    /// What the push supervisor is doing (set by [`Deps::connect`]; for `taskmail doctor`).
+    pub push_status: Option<watch::Receiver<PushStatus>>,
+}
+
+impl<M, S, A> std::fmt::Debug for Deps<M, S, A> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Deps")
+            .field("account", &self.account)
+            .field("background", &self.background.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl<M, S, A> Deps<M, S, A> {
+    /// Deps with the wall clock, no events, the configured account and gate.
+    pub fn new(mail: Arc<M>, submit: Arc<S>, agent: Arc<A>, hints: mpsc::Receiver<Hint>) -> Self {
+        Deps {
+            mail,
+            submit,
+            agent,
+            hints,
+            background: Vec::new(),
+            events: None,
+            clock: Arc::new(crate::clock::now),
+            account: None,
+            gate: None,
+            push_status: None,
+        }
+    }
+}
+
+impl<A> Deps<JmapClient, SmtpSubmit, A> {
+    /// The real transports of `account`: a JMAP client (connected: the session is fetched, so
+    /// bad credentials fail here), SMTP submission, and a push supervisor (WebSocket, then
+    /// EventSource, then polling, per `jmap.push`) as the hint source.
+    pub async fn connect(account: &Account, agent: Arc<A>) -> Result<Self, DaemonError> {
+        let mail = Arc::new(JmapClient::from_account(account).await?);
+        let submit = Arc::new(SmtpSubmit::from_account(account)?);
+        let settings = PushSettings::from_config(&account.jmap)?;
+        let (supervisor, hints, status) = PushSupervisor::new(Arc::clone(&mail), settings, 16);
+        let mut deps = Deps::new(mail, submit, agent, hints);
+        deps.account = Some(account.name.clone());
+        deps.push_status = Some(status);
+        deps.background
+            .push(Box::pin(supervisor.run(std::future::pending())));
+        Ok(deps)
+    }
+}
+
+/// Why the daemon could not start (once it runs, failures are retried and logged).
+#[derive(Debug, thiserror::Error)]
+pub enum DaemonError {
+    /// `--account` or `worker.account` names no account.
+    #[error("cannot find account '{0}' in the config")]
+    UnknownAccount(String),
+    /// The store could not be opened or used at start.
+    #[error("cannot use the task store")]
+    Store(#[from] StoreError),
+    /// The mailbox could not be reached or read at start.
+    #[error("cannot read the mailbox")]
+    Mail(#[from] JmapError),
+    /// SMTP submission could not be set up.
+    #[error("cannot set up SMTP submission")]
+    Submit(#[from] SendError),
+    /// The push settings are invalid.
+    #[error("cannot set up push")]
+    Push(#[from] PushError),
+    /// A retry delay is out of range (a bug).
+    #[error("cannot use the retry delays")]
+    Backoff(#[from] BackoffError),
+    /// Another daemon already serves this account from this state dir.
+    #[error("cannot serve account '{account}': another taskmail daemon holds '{}'", .path.display())]
+    Locked {
+        /// The account.
+        account: String,
+        /// The lock file.
+        path: std::path::PathBuf,
+    },
+    /// The lock file could not be created.
+    #[error("cannot create the lock file '{}'", .path.display())]
+    Lock {
+        /// The lock file.
+        path: std::path::PathBuf,
+        /// What the operating system said.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+impl DaemonError {
+    /// The documented exit code: 77 login refused, 69 unreachable, 75 temporary, 2 for a
+    /// config problem, 1 otherwise.
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            DaemonError::UnknownAccount(_) | DaemonError::Push(_) => 2,
+            DaemonError::Mail(e) => e.exit_code(),
+            DaemonError::Submit(e) => e.exit_code(),
+            DaemonError::Store(_) | DaemonError::Lock { .. } | DaemonError::Backoff(_) => 1,
+            DaemonError::Locked { .. } => 75,
+        }
+    }
+}
+
+/// The worker settings the daemon uses, read once from the config.
+#[derive(Debug, Clone)]
+pub(crate) struct Settings {
+    pub(crate) on_cancel: OnCancel,
+    pub(crate) on_refused: OnRefused,
+    pub(crate) plain_mail: bool,
+    pub(crate) shutdown_grace: Duration,
+    pub(crate) poll_interval: Duration,
+}
+
+/// The store behind a mutex: every call is short and never held across an `.await`.
+#[derive(Debug, Clone)]
+pub(crate) struct Db(Arc<Mutex<Store>>);
+
+impl Db {
+    pub(crate) fn new(store: Store) -> Db {
+        Db(Arc::new(Mutex::new(store)))
+    }
+
+    /// Runs `f` with the store.
+    pub(crate) fn with<T>(
+        &self,
+        f: impl FnOnce(&Store) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        let store = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        f(&store)
+    }
+
+    /// Runs `f` as one transaction.
+    pub(crate) fn atomically<T>(
+        &self,
+        f: impl FnOnce(&Store) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        self.with(|store| store.atomically(f))
+    }
+}
+
+/// Everything the daemon's loops share.
+pub(crate) struct Core<M, S, A> {
+    pub(crate) account: Account,
+    /// The store key of the account (its config name).
+    pub(crate) key: String,
+    pub(crate) settings: Settings,
+    pub(crate) mail: Arc<M>,
+    pub(crate) submit: Arc<S>,
+    pub(crate) agent: Arc<A>,
+    pub(crate) db: Db,
+    pub(crate) queue: queue::RunQueue<()>,
+    pub(crate) gate: Arc<dyn Gate>,
+    pub(crate) events: events::Events,
+    pub(crate) clock: Clock,
+    pub(crate) outbox_kick: Notify,
+    pub(crate) inbox_id: String,
+    /// Route failures per JMAP id, to give up on a mail that always fails.
+    pub(crate) failures: Mutex<std::collections::HashMap<String, u32>>,
+    pub(crate) backoffs: Backoffs,
+}
+
+/// Retry delays of the daemon's loops.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Backoffs {
+    /// A failed pass over the mailbox: 1 s up to 1 min.
+    pub(crate) inbound: Backoff,
+    /// A transient submission failure of an outbox row: 2 s up to 5 min.
+    pub(crate) outbox: Backoff,
+}
+
+impl Backoffs {
+    fn new() -> Result<Backoffs, BackoffError> {
+        Ok(Backoffs {
+            inbound: Backoff::new(Duration::from_secs(1), Duration::from_secs(60))?,
+            outbox: Backoff::new(Duration::from_secs(2), Duration::from_secs(300))?,
+        })
+    }
+}
+
+impl<M, S, A> Core<M, S, A> {
+    pub(crate) fn now(&self) -> DateTime<Utc> {
+        (self.clock)()
+    }
+
+    /// Applies the store's retention rules (and drops the contexts of pruned tasks).
+    pub(crate) fn prune(&self) {
+        let now = self.now();
+        match self.db.with(|s| {
+            let contexts = context::prune(s, &self.key, now)?;
+            let report = s.prune(now)?;
+            Ok((contexts, report))
+        }) {
+            Ok((contexts, report)) if contexts + report.total() > 0 => {
+                tracing::info!(contexts, rows = report.total(), "store pruned");
+            }
+            Ok(_) => {}
+            Err(error) => {
+                tracing::warn!(error = %crate::transport::smtp::error_chain(&error), "cannot prune the store");
+            }
+        }
+    }
+
+    /// Our own address, lowercased.
+    pub(crate) fn email(&self) -> String {
+        self.account.email.trim().to_ascii_lowercase()
+    }
+}
+
+/// Takes `<state-dir>/worker-<account>.lock` (an advisory file lock, released when the file
+/// is closed, by the kernel if the process dies).
+fn lock(state_dir: &std::path::Path, account: &str) -> Result<std::fs::File, DaemonError> {
+    let path = state_dir.join(format!("worker-{account}.lock"));
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(|source| DaemonError::Lock {
+            path: path.clone(),
+            source,
+        })?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(std::fs::TryLockError::WouldBlock) => Err(DaemonError::Locked {
+            account: account.to_owned(),
+            path,
+        }),
+        Err(std::fs::TryLockError::Error(source)) => Err(DaemonError::Lock { path, source }),
+    }
+}
+
+/// How often the store is pruned while the daemon runs (once at start, too).
+const PRUNE_EVERY: Duration = Duration::from_secs(6 * 3600);
+
+/// Prunes the store every [`PRUNE_EVERY`]; lives (and dies) with the daemon.
+async fn prune_periodically<M, S, A>(core: Arc<Core<M, S, A>>) {
+    let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + PRUNE_EVERY, PRUNE_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        core.prune();
+    }
+}
+
+/// Runs the worker for one account until `shutdown` completes (see the module docs).
+///
+/// Fails only at start: an unknown account, a store that cannot be opened, a mailbox that
+/// cannot be read (the exit code says which, [`DaemonError::exit_code`]). Afterwards every
+/// failure is logged and retried.
+pub async fn run<M, S, A>(
+    config: &Config,
+    deps: Deps<M, S, A>,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), DaemonError>
+where
+    M: MailStore + 'static,
+    S: Submit + 'static,
+    A: Execute + 'static,
+{
+    let Deps {
+        mail,
+        submit,
+        agent,
+        hints,
+        background,
+        events,
+        clock,
+        account,
+        gate,
+        push_status: _,
+    } = deps;
+    let name = account.unwrap_or_else(|| config.worker().account.clone());
+    let account = config
+        .account(&name)
+        .cloned()
+        .ok_or_else(|| DaemonError::UnknownAccount(name.clone()))?;
+    let store = Store::open(&config.state_dir().join(crate::store::FILE_NAME))?;
+    // NOTE: one daemon per account and state dir: the restart rule takes every `running` task
+    // of the account for an interrupted one. The lock goes with this future (a crash frees it).
+    let _lock = lock(config.state_dir(), &name)?;
+    let inbox_id = mail.inbox_id().await?;
+    let gate = gate.unwrap_or_else(|| Arc::new(SenderPolicy::from_config(config, &name)));
+    let worker = config.worker();
+    if config.trust().require_authentication {
+        tracing::info!(
+            "the sender gate matches the header From; authentication verdicts (DMARC/DKIM) are not checked yet"
+        );
+    }
+    let core = Arc::new(Core {
+        key: name.clone(),
+        settings: Settings {
+            on_cancel: worker.on_cancel,
+            on_refused: config.trust().on_refused,
+            plain_mail: worker.plain_mail,
+            shutdown_grace: worker.shutdown_grace,
+            poll_interval: account.jmap.poll_interval,
+        },
+        account,
+        mail,
+        submit,
+        agent,
+        db: Db::new(store),
+        queue: queue::RunQueue::with_clock(usize::from(worker.concurrency), Arc::clone(&clock)),
+        gate,
+        events: events::Events::new(events),
+        clock,
+        outbox_kick: Notify::new(),
+        inbox_id,
+        failures: Mutex::new(std::collections::HashMap::new()),
+        backoffs: Backoffs::new()?,
+    });
+    let state = core.start_state().await?;
+    let recovered = core.recover()?;
+    core.prune();
+
+    // NOTE: every loop lives in a JoinSet owned by this future: dropping the future (a crash
+    // in a test) aborts them all, and the agent processes die with their runs.
+    let mut side = JoinSet::new();
+    for future in background {
+        side.spawn(future);
+    }
+    side.spawn(prune_periodically(Arc::clone(&core)));
+    let (stop_outbox, outbox_stopped) = watch::channel(false);
+    let mut drainer = JoinSet::new();
+    drainer.spawn(outbound::drain(Arc::clone(&core), outbox_stopped));
+    let mut scheduler = JoinSet::new();
+    scheduler.spawn(worker::schedule(Arc::clone(&core)));
+
+    tracing::info!(account = %core.key, email = %core.account.email, state = %state, recovered, "worker ready");
+    core.events.emit(
+        core.now(),
+        EventKind::Ready {
+            account: core.key.clone(),
+            email: core.account.email.clone(),
+            state,
+            recovered,
+        },
+    );
+
+    tokio::select! {
+        () = shutdown => {}
+        () = inbound::listen(Arc::clone(&core), hints) => {}
+    }
+
+    // Graceful stop.
+    let grace = core.settings.shutdown_grace;
+    let deadline = tokio::time::Instant::now() + grace;
+    let left = core.queue.close();
+    let running = core.queue.running();
+    tracing::info!(
+        running,
+        queued = left.len(),
+        grace_ms = u64::try_from(grace.as_millis()).unwrap_or(u64::MAX),
+        "shutting down: waiting for running tasks"
+    );
+    let mut interrupted = 0;
+    if tokio::time::timeout_at(deadline, scheduler.join_next())
+        .await
+        .is_err()
+    {
+        interrupted = core.queue.running();
+        tracing::warn!(
+            interrupted,
+            "the shutdown grace ran out with tasks still running; they are stopped and run again on the next start"
+        );
+        scheduler.abort_all();
+        while scheduler.join_next().await.is_some() {}
+    }
+    let _ = stop_outbox.send(true);
+    let flush = deadline
+        .saturating_duration_since(tokio::time::Instant::now())
+        .max(Duration::from_secs(5));
+    let flushed = tokio::time::timeout(flush, drainer.join_next()).await;
+    if flushed.is_err() {
+        tracing::warn!(
+            "the outbox was not empty when the shutdown grace ran out; it is sent on the next start"
+        );
+    }
+    side.abort_all();
+    core.events
+        .emit(core.now(), EventKind::Stopped { interrupted });
+    tracing::info!("worker stopped");
+    Ok(())
+}

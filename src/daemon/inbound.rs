@@ -1,0 +1,747 @@
+//! The inbound pipeline (design.md "Data flow", Inbound): from "something may have changed" to
+//! a routed message.
+//!
+//! 1. A hint ([`Hint`]: a push StateChange, a (re)connect, a safety-poll tick) wakes
+//!    `listen`; hints that queued up meanwhile are merged into one pass. Without a hint
+//!    source the daemon polls every `jmap.poll-interval` on its own.
+//! 2. `Email/changes` since the persisted state (following `hasMoreChanges`). Only *created*
+//!    emails are candidates: updates are keyword changes (ours included) or moves, and an old
+//!    mail someone marks as read must not start a task. When the server cannot calculate the
+//!    changes, a bounded back-fill ([`BACKFILL_LIMIT`] per page, [`BACKFILL_PAGES`] pages) asks
+//!    `Email/query` for Inbox mail received since a little before the last saved batch: the gap
+//!    is never skipped, and the store's marks dedupe what was seen already.
+//! 3. Ids already marked processed are dropped; `Email/get` of **headers only** for the rest;
+//!    mail outside the Inbox-role mailbox (our Sent copies, the Junk folder) is skipped.
+//! 4. Screening, on headers: our own messages (by outbox Message-ID or From), Message-IDs seen
+//!    before, mail another daemon claimed (`$taskmail-claimed`, `$taskmail-done`), then
+//!    [`crate::wire::classify()`]: invalid AAMP and unknown intents are logged and audited and
+//!    never become human replies; intents that are not for a worker are left alone; a reply is
+//!    looked up in the Message-ID index (no hit: it is plain mail).
+//! 5. The [`Gate`](super::gate::Gate). Refused: audited, marked, no ack, no body fetched, and per
+//!    `trust.on-refused` silence or one neutral `rejected` result. Follow-ups (cancel, reply,
+//!    same-TaskId dispatch) must also come from the task's peer.
+//! 6. The claim: `$taskmail-claimed` with `ifInState` (compare-and-swap on the Email state); a
+//!    `stateMismatch` refreshes the state and looks at the mail again (claimed meanwhile: it
+//!    is someone else's). The claim is journalled in the store before it is made. A full
+//!    competing-consumer lease (expiry, renewal, takeover) replaces `Core::claim` later; it
+//!    keeps this call site.
+//! 7. `Email/get` with bodies for the claimed mail only, then [`super::worker`] routes each,
+//!    in order of arrival, inside a `message` tracing span (`message_id`, `intent`, `task_id`).
+//! 8. The JMAP state is saved once the whole batch is processed.
+//!
+//! A mail whose routing keeps failing is given up after [`MAX_ROUTE_FAILURES`] passes (marked
+//! `failed`, audited), so one bad mail cannot stall the mailbox.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use chrono::{DateTime, TimeDelta, Utc};
+use tokio::sync::mpsc;
+use tracing::Instrument as _;
+
+use super::events::EventKind;
+use super::gate::{GateInput, GateKind, Verdict};
+use super::outbound::{self, Reply, Style};
+use super::{Core, Execute};
+use crate::config::OnRefused;
+use crate::store::{AuditEntry, Role, Store, StoreError};
+use crate::transport::{Fetched, Hint, JmapError, MailStore, Submit};
+use crate::wire::aamp::{Intent, Payload, Status, TaskId, TaskResult};
+use crate::wire::{Classified, classify};
+
+/// The keyword of a mail a daemon took.
+pub const CLAIMED: &str = "$taskmail-claimed";
+/// The keyword of a mail whose task is over.
+pub const DONE: &str = "$taskmail-done";
+
+/// Ids per headers-only `Email/get`.
+const GET_CHUNK: usize = 64;
+/// Ids per back-fill page.
+pub const BACKFILL_LIMIT: usize = 256;
+/// Back-fill pages per pass.
+pub const BACKFILL_PAGES: usize = 20;
+/// How far before the last saved batch a back-fill starts (delivery delays, clock skew).
+const BACKFILL_MARGIN: TimeDelta = TimeDelta::minutes(10);
+/// How far back a back-fill reaches when no batch was ever saved.
+const BACKFILL_DEFAULT: TimeDelta = TimeDelta::days(1);
+/// Compare-and-swap attempts per claim.
+const CLAIM_TRIES: usize = 8;
+/// The gate rule of a follow-up from someone else than the task's peer.
+pub(crate) const NOT_TASK_PEER: &str = "not-task-peer";
+/// Failed routing passes before a mail is given up.
+pub const MAX_ROUTE_FAILURES: u32 = 5;
+
+/// Why a pass over the mailbox failed (retried with backoff).
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum SyncError {
+    #[error("cannot read the mailbox")]
+    Mail(#[from] JmapError),
+    #[error("cannot update the task store")]
+    Store(#[from] StoreError),
+    #[error("cannot claim email '{0}': the mailbox state keeps changing")]
+    Contention(String),
+}
+
+/// What a screened, admitted mail is for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum What {
+    /// A `task.dispatch` (new task, follow-up, or a help answer by convention (b)).
+    Dispatch,
+    /// A `task.cancel` of a task we have.
+    Cancel { task_id: TaskId },
+    /// A person's reply in the thread of a task we have.
+    Reply { task_id: TaskId },
+    /// A plain mail that starts a task (`worker.plain-mail`).
+    Plain,
+}
+
+/// A mail that passed screening and the gate.
+#[derive(Debug)]
+pub(crate) struct Take {
+    /// Headers only until the body phase, then with the body.
+    pub(crate) fetched: Fetched,
+    /// The header From, lowercased.
+    pub(crate) sender: String,
+    pub(crate) what: What,
+    /// The gate rule that admitted it.
+    pub(crate) rule: String,
+    /// The `message` span.
+    pub(crate) span: tracing::Span,
+}
+
+/// The claim journal key of a mail.
+fn claim_key(account: &str, email_id: &str) -> String {
+    format!("claim/{account}/{email_id}")
+}
+
+/// Marks a mail processed with `verdict`, clears its claim journal and audits it: the end of
+/// every mail's way through the pipeline. Call inside the transaction of what it caused.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn settle(
+    store: &Store,
+    account: &str,
+    fetched: &Fetched,
+    verdict: &str,
+    rule: Option<&str>,
+    detail: Option<String>,
+    expires_at: Option<DateTime<Utc>>,
+    now: DateTime<Utc>,
+) -> Result<(), StoreError> {
+    store.mark_processed(
+        account,
+        &fetched.id,
+        fetched.inbound.message_id.as_deref(),
+        verdict,
+        expires_at,
+        now,
+    )?;
+    store.kv_delete(&claim_key(account, &fetched.id))?;
+    store.audit(&AuditEntry {
+        at: now,
+        account: account.to_owned(),
+        message_id: fetched.inbound.message_id.clone(),
+        peer: fetched.inbound.sender(),
+        verdict: verdict.split(':').next().unwrap_or(verdict).to_owned(),
+        rule: rule.map(str::to_owned),
+        detail,
+    })?;
+    Ok(())
+}
+
+/// Waits for hints and processes the mailbox after each; runs until dropped.
+pub(crate) async fn listen<M, S, A>(core: Arc<Core<M, S, A>>, mut hints: mpsc::Receiver<Hint>)
+where
+    M: MailStore + 'static,
+    S: Submit + 'static,
+    A: Execute + 'static,
+{
+    let backoff = core.backoffs.inbound;
+    let mut failures: u32 = 0;
+    let mut hints_open = true;
+    loop {
+        let retry = match core.sync().await {
+            Ok(()) => {
+                failures = 0;
+                None
+            }
+            Err(error) => {
+                let delay = backoff.delay(failures);
+                failures = failures.saturating_add(1);
+                tracing::warn!(
+                    error = %crate::transport::smtp::error_chain(&error),
+                    retry_in_ms = u64::try_from(delay.as_millis()).unwrap_or(u64::MAX),
+                    "cannot process the mailbox; will retry"
+                );
+                Some(tokio::time::Instant::now() + delay)
+            }
+        };
+        let poll = core.settings.poll_interval;
+        tokio::select! {
+            hint = hints.recv(), if hints_open => match hint {
+                Some(hint) => {
+                    tracing::trace!(?hint, "hint");
+                    // NOTE: hints that queued up meanwhile ask for the same Email/changes.
+                    while hints.try_recv().is_ok() {}
+                }
+                None => {
+                    hints_open = false;
+                    tracing::warn!(poll_ms = u64::try_from(poll.as_millis()).unwrap_or(u64::MAX), "the hint source ended; polling");
+                }
+            },
+            () = tokio::time::sleep(poll), if !hints_open => {}
+            () = sleep_until(retry), if retry.is_some() => {}
+        }
+    }
+}
+
+async fn sleep_until(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
+impl<M, S, A> Core<M, S, A>
+where
+    M: MailStore + 'static,
+    S: Submit + 'static,
+    A: Execute + 'static,
+{
+    /// One pass: changes (or a back-fill) since the saved state, processed, state saved.
+    pub(crate) async fn sync(&self) -> Result<(), SyncError> {
+        let since = self.db.with(|s| s.jmap_state(&self.key))?;
+        let Some(since) = since else {
+            let state = self.mail.state().await?;
+            self.save_state(&state)?;
+            return Ok(());
+        };
+        match self.mail.changes(&since).await {
+            Ok(changes) => {
+                if !changes.created.is_empty() {
+                    tracing::debug!(created = changes.created.len(), since = %since, "changes");
+                    self.process(changes.created, Some(changes.new_state.clone()))
+                        .await?;
+                }
+                if changes.new_state != since {
+                    self.save_state(&changes.new_state)?;
+                }
+                Ok(())
+            }
+            Err(error) if error.is_cannot_calculate_changes() => {
+                tracing::warn!(since = %since, "the server cannot calculate changes from the saved state; back-filling from the Inbox");
+                self.backfill().await
+            }
+            Err(error) => Err(error.into()),
+        }
+    }
+
+    fn save_state(&self, state: &str) -> Result<(), StoreError> {
+        let now = self.now();
+        self.db.atomically(|s| {
+            s.set_jmap_state(&self.key, state, now)?;
+            s.kv_set(&synced_key(&self.key), &now.to_rfc3339(), now)
+        })
+    }
+
+    /// A bounded `Email/query` back-fill (module docs, step 2).
+    async fn backfill(&self) -> Result<(), SyncError> {
+        let synced_at = self
+            .db
+            .with(|s| s.kv_get(&synced_key(&self.key)))?
+            .and_then(|t| DateTime::parse_from_rfc3339(&t).ok())
+            .map(|t| t.with_timezone(&Utc));
+        let mut after =
+            synced_at.unwrap_or_else(|| self.now() - BACKFILL_DEFAULT) - BACKFILL_MARGIN;
+        let mut state: Option<String> = None;
+        for page_number in 0..BACKFILL_PAGES {
+            let page = self.mail.query_inbox_since(after, BACKFILL_LIMIT).await?;
+            state.get_or_insert_with(|| page.state.clone());
+            let full = page.ids.len() >= BACKFILL_LIMIT;
+            let last = page.ids.last().cloned();
+            tracing::info!(page = page_number, ids = page.ids.len(), after = %after, "back-fill page");
+            self.process(page.ids, Some(page.state.clone())).await?;
+            if !full {
+                break;
+            }
+            let Some(last) = last else { break };
+            let newest = self
+                .mail
+                .get_headers(std::slice::from_ref(&last))
+                .await?
+                .first()
+                .and_then(|f| f.received_at);
+            match newest {
+                // NOTE: `after` is strict and second-grained: step back one second and let the
+                // processed marks drop the overlap.
+                Some(at) if at - TimeDelta::seconds(1) > after => {
+                    after = at - TimeDelta::seconds(1)
+                }
+                _ => break,
+            }
+        }
+        if let Some(state) = state {
+            self.save_state(&state)?;
+        }
+        Ok(())
+    }
+
+    /// Steps 3 to 7 for `ids`; `state` is a recent Email state to start the claims from.
+    async fn process(&self, ids: Vec<String>, mut state: Option<String>) -> Result<(), SyncError> {
+        let fresh: Vec<String> = self.db.with(|s| {
+            let mut fresh = Vec::with_capacity(ids.len());
+            for id in ids {
+                if !s.is_processed(&self.key, &id)? {
+                    fresh.push(id);
+                }
+            }
+            Ok(fresh)
+        })?;
+        for chunk in fresh.chunks(GET_CHUNK) {
+            let mut headers = self.mail.get_headers(chunk).await?;
+            headers.sort_by(|a, b| (a.received_at, &a.id).cmp(&(b.received_at, &b.id)));
+            let mut takes = Vec::new();
+            for fetched in headers {
+                if !fetched.mailbox_ids.contains(&self.inbox_id) {
+                    continue;
+                }
+                let span = tracing::info_span!(
+                    "message",
+                    message_id = fetched.inbound.message_id.as_deref().unwrap_or(""),
+                    email_id = %fetched.id,
+                    intent = tracing::field::Empty,
+                    task_id = tracing::field::Empty,
+                );
+                let screened = span.in_scope(|| self.screen(fetched, &span))?;
+                if let Some(take) = screened {
+                    takes.push(take);
+                }
+            }
+            let mut claimed = Vec::with_capacity(takes.len());
+            for take in takes {
+                let won = self
+                    .claim(&take.fetched, &mut state)
+                    .instrument(take.span.clone())
+                    .await?;
+                if won {
+                    claimed.push(take);
+                } else {
+                    let _in = take.span.enter();
+                    tracing::info!("taken by another daemon meanwhile; left alone");
+                    self.ignore(&take.fetched, "ignored:claimed-elsewhere", None)?;
+                }
+            }
+            if claimed.is_empty() {
+                continue;
+            }
+            let ids: Vec<String> = claimed.iter().map(|t| t.fetched.id.clone()).collect();
+            let mut bodies: HashMap<String, Fetched> = self
+                .mail
+                .get_bodies(&ids)
+                .await?
+                .into_iter()
+                .map(|f| (f.id.clone(), f))
+                .collect();
+            for mut take in claimed {
+                let Some(full) = bodies.remove(&take.fetched.id) else {
+                    self.ignore(&take.fetched, "ignored:gone", None)?;
+                    continue;
+                };
+                take.fetched = full;
+                self.route_guarded(take).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Routes one mail; gives it up after [`MAX_ROUTE_FAILURES`] failed passes.
+    async fn route_guarded(&self, take: Take) -> Result<(), SyncError> {
+        let fetched = take.fetched.clone();
+        let span = take.span.clone();
+        match self.route(take).instrument(span.clone()).await {
+            Ok(()) => {
+                self.failures_lock().remove(&fetched.id);
+                Ok(())
+            }
+            Err(error) => {
+                let count = {
+                    let mut failures = self.failures_lock();
+                    let count = failures.entry(fetched.id.clone()).or_insert(0);
+                    *count += 1;
+                    *count
+                };
+                if count < MAX_ROUTE_FAILURES {
+                    return Err(error);
+                }
+                let text = crate::transport::smtp::error_chain(&error);
+                span.in_scope(
+                    || tracing::error!(error = %text, "cannot handle this mail; giving up on it"),
+                );
+                self.failures_lock().remove(&fetched.id);
+                let now = self.now();
+                self.db.atomically(|s| {
+                    settle(
+                        s,
+                        &self.key,
+                        &fetched,
+                        "failed",
+                        None,
+                        Some(text),
+                        None,
+                        now,
+                    )
+                })?;
+                Ok(())
+            }
+        }
+    }
+
+    fn failures_lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, u32>> {
+        self.failures
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Marks a mail processed as ignored (audited) and says so.
+    pub(crate) fn ignore(
+        &self,
+        fetched: &Fetched,
+        verdict: &str,
+        detail: Option<String>,
+    ) -> Result<(), StoreError> {
+        let now = self.now();
+        self.db
+            .atomically(|s| settle(s, &self.key, fetched, verdict, None, detail, None, now))?;
+        tracing::debug!(verdict, "mail left alone");
+        self.events.emit(
+            now,
+            EventKind::Ignored {
+                message_id: fetched.inbound.message_id.clone(),
+                verdict: verdict.to_owned(),
+            },
+        );
+        Ok(())
+    }
+
+    /// Step 4 and 5 (module docs): `None` when the mail was settled here.
+    fn screen(&self, fetched: Fetched, span: &tracing::Span) -> Result<Option<Take>, StoreError> {
+        let sender = fetched.inbound.sender();
+        let message_id = fetched.inbound.message_id.clone();
+        let (own, duplicate, journalled) = self.db.with(|s| {
+            let own = match &message_id {
+                Some(id) => s.outbox_get(id)?.is_some(),
+                None => false,
+            };
+            let duplicate = match &message_id {
+                Some(id) => s.seen_message_id(&self.key, id)?,
+                None => false,
+            };
+            let journalled = s.kv_get(&claim_key(&self.key, &fetched.id))?.is_some();
+            Ok((own, duplicate, journalled))
+        })?;
+        if own || sender.as_deref() == Some(self.email().as_str()) {
+            self.ignore(&fetched, "ignored:own-message", None)?;
+            return Ok(None);
+        }
+        if duplicate {
+            tracing::info!("a Message-ID seen before; ignored");
+            self.ignore(&fetched, "ignored:duplicate", None)?;
+            return Ok(None);
+        }
+        if fetched.keywords.contains(DONE) {
+            self.ignore(&fetched, "ignored:done-elsewhere", None)?;
+            return Ok(None);
+        }
+        if fetched.keywords.contains(CLAIMED) && !journalled {
+            tracing::info!("claimed by another daemon; left alone");
+            self.ignore(&fetched, "ignored:claimed-elsewhere", None)?;
+            return Ok(None);
+        }
+        let classified = classify(&fetched.inbound);
+        let mut context = None;
+        let (kind_intent, what) = match &classified {
+            Classified::Aamp(parsed) => {
+                let message = &parsed.message;
+                span.record("intent", message.intent().as_str());
+                span.record("task_id", message.task_id.as_str());
+                for warning in &parsed.warnings {
+                    tracing::debug!(warning = %warning, "tolerated on input");
+                }
+                match &message.payload {
+                    Payload::Dispatch(d) => {
+                        context = Some(d.dispatch_context.clone());
+                        (Some(Intent::TaskDispatch), What::Dispatch)
+                    }
+                    Payload::Cancel { .. } => (
+                        Some(Intent::TaskCancel),
+                        What::Cancel {
+                            task_id: message.task_id.clone(),
+                        },
+                    ),
+                    other => {
+                        // NOTE: acks, results, help requests, pairing and cards are for a
+                        // dispatcher (or a later issue); the worker leaves them alone.
+                        let verdict = format!("ignored:not-for-worker:{}", other.intent());
+                        self.ignore(&fetched, &verdict, None)?;
+                        return Ok(None);
+                    }
+                }
+            }
+            Classified::Asmtp(_) => {
+                self.ignore(&fetched, "ignored:asmtp", None)?;
+                return Ok(None);
+            }
+            Classified::Invalid(reason) => {
+                tracing::warn!(reason = %reason, "invalid AAMP mail; ignored");
+                self.ignore(&fetched, "ignored:invalid", Some(reason.clone()))?;
+                return Ok(None);
+            }
+            Classified::Reply { keys, .. } => {
+                match self
+                    .db
+                    .with(|s| s.task_for_message_ids(&self.key, keys, Some(Role::Worker)))?
+                {
+                    Some((task_id, _)) => {
+                        span.record("intent", "reply");
+                        span.record("task_id", task_id.as_str());
+                        (None, What::Reply { task_id })
+                    }
+                    None => (None, What::Plain),
+                }
+            }
+            Classified::Plain => (None, What::Plain),
+        };
+        if what == What::Plain {
+            span.record("intent", "plain");
+            if !self.settings.plain_mail {
+                self.ignore(&fetched, "ignored:plain-mail-off", None)?;
+                return Ok(None);
+            }
+        }
+        let kind = match (&what, kind_intent) {
+            (What::Reply { .. }, _) => GateKind::Reply,
+            (What::Plain, _) => GateKind::Plain,
+            (_, Some(intent)) => GateKind::Aamp {
+                intent,
+                dispatch_context: context.as_ref(),
+            },
+            (_, None) => GateKind::Plain,
+        };
+        let verdict = self.gate.check(&GateInput {
+            account: &self.key,
+            sender: sender.as_deref(),
+            kind,
+            inbound: &fetched.inbound,
+            now: self.now(),
+        });
+        let rule = match verdict {
+            Verdict::Refuse { rule } => {
+                self.refuse(&fetched, kind, &rule, &classified)?;
+                return Ok(None);
+            }
+            Verdict::Admit { rule } => rule,
+        };
+        let sender = sender.unwrap_or_default();
+        // Follow-ups must come from the task's peer. (Routing checks again: a follow-up may
+        // come in the same batch as the dispatch that creates its task.)
+        let follow_up = match (&what, &classified) {
+            (What::Cancel { task_id } | What::Reply { task_id }, _) => Some(task_id.clone()),
+            (What::Dispatch, Classified::Aamp(parsed)) => Some(parsed.message.task_id.clone()),
+            _ => None,
+        };
+        if let Some(task_id) = follow_up {
+            let task = self
+                .db
+                .with(|s| s.get_task(&self.key, &task_id, Role::Worker))?;
+            match task {
+                Some(task) if task.peer != sender => {
+                    self.refuse(&fetched, kind, NOT_TASK_PEER, &classified)?;
+                    return Ok(None);
+                }
+                _ => {}
+            }
+        }
+        Ok(Some(Take {
+            fetched,
+            sender,
+            what,
+            rule,
+            span: span.clone(),
+        }))
+    }
+
+    /// A refused mail: audited and marked; per `trust.on-refused`, one neutral `rejected`
+    /// result to the sender of a refused `task.dispatch` (never to automatic mail).
+    fn refuse(
+        &self,
+        fetched: &Fetched,
+        kind: GateKind<'_>,
+        rule: &str,
+        classified: &Classified,
+    ) -> Result<(), StoreError> {
+        let now = self.now();
+        let sender = fetched.inbound.sender();
+        let automatic = fetched
+            .inbound
+            .headers
+            .get("Auto-Submitted")
+            .is_some_and(|v| !v.trim().eq_ignore_ascii_case("no"));
+        let answer = match (self.settings.on_refused, classified, &sender) {
+            (OnRefused::Reject, Classified::Aamp(parsed), Some(to))
+                if parsed.message.intent() == Intent::TaskDispatch && !automatic =>
+            {
+                let target = super::context::ReplyTarget {
+                    message_id: fetched.inbound.message_id.clone().unwrap_or_default(),
+                    references: fetched.inbound.references.clone(),
+                };
+                Some(outbound::render(
+                    Reply {
+                        account: &self.account,
+                        to,
+                        task_id: &parsed.message.task_id,
+                        payload: Payload::Result(TaskResult {
+                            status: Status::Rejected,
+                            output: String::new(),
+                            error_msg: Some("rejected".to_owned()),
+                            structured_result: None,
+                        }),
+                        answering: &target,
+                        thread: &[],
+                        style: Style::Aamp,
+                        attachments: Vec::new(),
+                    },
+                    now,
+                ))
+            }
+            _ => None,
+        };
+        self.db.atomically(|s| {
+            settle(
+                s,
+                &self.key,
+                fetched,
+                &format!("refused:{rule}"),
+                Some(rule),
+                Some(format!("intent {}", kind.label())),
+                None,
+                now,
+            )?;
+            if let Some(rendered) = &answer {
+                outbound::enqueue(s, &self.account, &self.key, rendered, false, now)?;
+            }
+            Ok(())
+        })?;
+        if answer.is_some() {
+            self.outbox_kick.notify_one();
+        }
+        tracing::info!(
+            from = sender.as_deref().unwrap_or(""),
+            rule,
+            answered = answer.is_some(),
+            "refused by the gate: no ack, nothing runs"
+        );
+        self.events.emit(
+            now,
+            EventKind::Refused {
+                message_id: fetched.inbound.message_id.clone(),
+                from: sender,
+                intent: kind.label().to_owned(),
+                rule: rule.to_owned(),
+            },
+        );
+        Ok(())
+    }
+
+    /// A follow-up refused at routing time (its task appeared in the same batch): audited and
+    /// marked like any refusal, never answered.
+    pub(crate) fn refuse_late(&self, fetched: &Fetched, intent: &str) -> Result<(), StoreError> {
+        let now = self.now();
+        self.db.atomically(|s| {
+            settle(
+                s,
+                &self.key,
+                fetched,
+                &format!("refused:{NOT_TASK_PEER}"),
+                Some(NOT_TASK_PEER),
+                Some(format!("intent {intent}")),
+                None,
+                now,
+            )
+        })?;
+        tracing::info!(rule = NOT_TASK_PEER, "refused: not from the task's peer");
+        self.events.emit(
+            now,
+            EventKind::Refused {
+                message_id: fetched.inbound.message_id.clone(),
+                from: fetched.inbound.sender(),
+                intent: intent.to_owned(),
+                rule: NOT_TASK_PEER.to_owned(),
+            },
+        );
+        Ok(())
+    }
+
+    /// Step 6: takes the mail with `$taskmail-claimed` and `ifInState`. False when another
+    /// daemon took it (or it is gone) meanwhile.
+    pub(crate) async fn claim(
+        &self,
+        fetched: &Fetched,
+        state: &mut Option<String>,
+    ) -> Result<bool, SyncError> {
+        if fetched.keywords.contains(CLAIMED) {
+            // NOTE: screening let it through, so the journal says the claim is ours: a crash
+            // came between the claim and the commit.
+            return Ok(true);
+        }
+        let now = self.now();
+        self.db
+            .with(|s| s.kv_set(&claim_key(&self.key, &fetched.id), &now.to_rfc3339(), now))?;
+        for _ in 0..CLAIM_TRIES {
+            let current = match state.clone() {
+                Some(state) => state,
+                None => self.mail.state().await?,
+            };
+            match self
+                .mail
+                .set_keywords(&fetched.id, &[CLAIMED], &[], Some(&current))
+                .await
+            {
+                Ok(outcome) => {
+                    *state = Some(outcome.new_state);
+                    return Ok(true);
+                }
+                Err(error) if error.is_state_mismatch() => {
+                    // NOTE: the state first, then the mail: a claim by someone else after this
+                    // read makes the next compare-and-swap fail again.
+                    let fresh = self.mail.state().await?;
+                    let again = self
+                        .mail
+                        .get_headers(std::slice::from_ref(&fetched.id))
+                        .await?;
+                    match again.first() {
+                        None => return Ok(false),
+                        Some(f) if f.keywords.contains(CLAIMED) || f.keywords.contains(DONE) => {
+                            return Ok(false);
+                        }
+                        Some(_) => *state = Some(fresh),
+                    }
+                }
+                Err(error) if error.is_not_found() => return Ok(false),
+                Err(error) => return Err(error.into()),
+            }
+        }
+        Err(SyncError::Contention(fetched.id.clone()))
+    }
+
+    /// Marks the task's mail `$taskmail-done` (best effort: the store is the record).
+    pub(crate) async fn mark_done(&self, emails: &[String]) {
+        for id in emails {
+            if let Err(error) = self.mail.set_keywords(id, &[DONE], &[], None).await {
+                tracing::warn!(email_id = %id, error = %crate::transport::smtp::error_chain(&error), "cannot mark the mail done");
+            }
+        }
+    }
+}
+
+fn synced_key(account: &str) -> String {
+    format!("inbound-synced-at/{account}")
+}

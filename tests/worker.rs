@@ -1,0 +1,1299 @@
+//! The worker daemon end to end, against the real servers of the harness (`bash
+//! tests/mailserver/mailserver.sh up all`): Stalwart (push) and Cyrus+Postfix (polling).
+//!
+//! Each test runs [`taskmail::daemon::run`] in-process with the real `JmapClient` and
+//! `SmtpSubmit` as `worker@example.test`, a temp state dir and an agent profile (`echo`, or a
+//! `[profiles.NAME]` table of the test config), and acts as the dispatcher itself with `wire` and
+//! `transport`: it renders dispatch mails, submits them as `dispatcher@example.test`, and reads
+//! the worker's replies from the dispatcher's own mailbox over JMAP with `wire::classify`. Every
+//! assertion is about mail that actually arrived there (or did not). A person's reply is written
+//! by mutt (`support::mutt`), not by the test.
+//!
+//! One daemon at a time serves a server's worker mailbox (a per-server lock; the servers run in
+//! parallel). Each case uses unique tokens: Cyrus mail persists across runs. With
+//! `TASKMAIL_REQUIRE_SERVERS=1` a missing server fails.
+//!
+//! `push_latency_dispatch_to_result` prints the dispatch-to-result latency (p50/p99 over
+//! `TASKMAIL_LATENCY_TASKS`, default 50, sequential echo tasks) next to the
+//! submission-to-push-hint time, on every server that pushes (`-- --nocapture` to see it).
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod support;
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+use chrono::TimeDelta;
+use taskmail::config::{Config, Env, Mode};
+use taskmail::daemon::runner::{Runner, RunnerSettings, work_dir_name};
+use taskmail::daemon::{self, DaemonError, Deps, Event, EventKind};
+use taskmail::transport::{
+    self, Fetched, Hint, JmapClient, MailStore, PushSettings, PushSupervisor, SmtpEnvelope,
+    SmtpSubmit, Submit,
+};
+use taskmail::wire::aamp::{AampMessage, Dispatch, Payload, Priority, Status, TaskId};
+use taskmail::wire::message::{Attachment, Mailbox, Outbound};
+use taskmail::wire::{Classified, classify};
+use tokio::sync::{broadcast, mpsc, oneshot};
+use tokio::task::JoinHandle;
+
+use support::Server;
+
+/// How long a reply may take to arrive in the dispatcher's mailbox.
+const REPLY_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Agent profiles of the test config, besides the built-in `echo`.
+const PROFILES: &str = r#"
+[profiles.slow]
+description = "runs for 30 s: something to cancel"
+command = ["sleep", "30"]
+prompt-via = "stdin"
+
+[profiles.counted]
+description = "echo, counting its runs in the work dir, after a 3 s pause"
+command = ["sh", "-c", 'printf x >> "$2/.runs"; sleep 3; printf "%s\n" "$1"', "counted", "{prompt}", "{workdir}"]
+
+[profiles.files]
+description = "lists in/ into the outbox, copies every input back, echoes the prompt"
+command = ["sh", "-c", 'ls in > outbox/listing.txt; for f in in/*; do cp "$f" outbox/; done; printf "%s\n" "$1"', "files", "{prompt}"]
+"#;
+
+// ---------------------------------------------------------------------------------------------
+// One server at a time per worker mailbox
+
+fn server_lock(server: &Server) -> &'static tokio::sync::Mutex<()> {
+    static LOCKS: OnceLock<Mutex<BTreeMap<String, &'static tokio::sync::Mutex<()>>>> =
+        OnceLock::new();
+    let mut locks = LOCKS
+        .get_or_init(|| Mutex::new(BTreeMap::new()))
+        .lock()
+        .unwrap();
+    locks
+        .entry(server.name.clone())
+        .or_insert_with(|| Box::leak(Box::new(tokio::sync::Mutex::new(()))))
+}
+
+/// Runs `case` on every server, the servers in parallel.
+async fn on_every_server<F, Fut>(case: F)
+where
+    F: Fn(Server) -> Fut,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    transport::init_crypto();
+    let handles: Vec<(String, JoinHandle<()>)> = support::servers()
+        .into_iter()
+        .map(|server| {
+            let label = server.label();
+            let run = case(server.clone());
+            (
+                label,
+                tokio::spawn(async move {
+                    let _guard = server_lock(&server).lock().await;
+                    run.await;
+                }),
+            )
+        })
+        .collect();
+    let mut failed = Vec::new();
+    for (label, handle) in handles {
+        if let Err(error) = handle.await {
+            failed.push(format!("{label}: {error}"));
+        }
+    }
+    assert!(failed.is_empty(), "failed on: {failed:#?}");
+}
+
+// ---------------------------------------------------------------------------------------------
+// The worker under test
+
+/// Whether the harness found push on this server (decided from its session, not its name).
+fn pushes(server: &Server) -> bool {
+    !server.push.is_empty()
+}
+
+/// A validated config: worker@ with `agent`, dispatcher@ allowed, state under `dir`.
+fn worker_config(server: &Server, dir: &Path, agent: &str, extra: &str) -> Config {
+    let text = worker_config_text(server, dir, agent, extra);
+    Config::from_toml_str_with_env(&text, Mode::Strict, &Env::with_home(dir))
+        .unwrap_or_else(|e| panic!("{}: test config: {e}\n{text}", server.label()))
+}
+
+/// The text of [`worker_config`].
+fn worker_config_text(server: &Server, dir: &Path, agent: &str, extra: &str) -> String {
+    // NOTE: with push, the safety poll stays slow so that latencies measure push; without, the
+    // daemon polls Email/changes every 250 ms.
+    let poll = if pushes(server) { "30s" } else { "250ms" };
+    format!(
+        r#"
+state-dir = "{dir}/state"
+
+[accounts.worker]
+email = "worker@{domain}"
+password = {{ raw = "{password}" }}
+smtp = {{ host = "{host}", port = {port}, tls = "plaintext", allow-plaintext = true, pool-size = 2, timeout = "15s" }}
+jmap = {{ session-url = "{session}", poll-interval = "{poll}" }}
+
+[worker]
+agent = "{agent}"
+allowed-senders = ["dispatcher@{domain}"]
+concurrency = 2
+cancel-grace = "1s"
+shutdown-grace = "3s"
+work-dir = "{dir}/work"
+{extra}
+
+[trust]
+require-authentication = false
+{PROFILES}
+"#,
+        dir = dir.display(),
+        domain = server.domain,
+        password = server.password,
+        host = server.smtp_host,
+        port = server.submission_port,
+        session = server.jmap_session_url,
+    )
+}
+
+/// A daemon running in-process.
+struct Worker {
+    label: String,
+    work_root: PathBuf,
+    handle: Option<JoinHandle<Result<(), DaemonError>>>,
+    stop: Option<oneshot::Sender<()>>,
+    events: Arc<Mutex<Vec<Event>>>,
+    /// When each hint reached the daemon.
+    hints: Arc<Mutex<Vec<(Instant, Hint)>>>,
+}
+
+impl Worker {
+    /// Starts `taskmail::daemon::run` for worker@ with `agent` on the state dir `dir`, and
+    /// waits until it is ready.
+    async fn start(server: &Server, dir: &Path, agent: &str, extra: &str) -> Worker {
+        let label = format!("{} [{agent}]", server.label());
+        let config = worker_config(server, dir, agent, extra);
+        let env = Env::with_home(dir);
+        let profile = taskmail::profile::agent(agent, &config, &env)
+            .unwrap_or_else(|e| panic!("{label}: profile: {e:?}"));
+        let runner = Runner::new(profile, RunnerSettings::from_worker(config.worker()));
+        let account = config.account("worker").unwrap().clone();
+        let mut deps = Deps::connect(&account, Arc::new(runner))
+            .await
+            .unwrap_or_else(|e| panic!("{label}: connect: {e:?}"));
+        // Interpose on the hints to time them.
+        let hints = Arc::new(Mutex::new(Vec::new()));
+        let (forward, hint_rx) = mpsc::channel(16);
+        let mut upstream = std::mem::replace(&mut deps.hints, hint_rx);
+        let log = Arc::clone(&hints);
+        deps.background.push(Box::pin(async move {
+            while let Some(hint) = upstream.recv().await {
+                log.lock().unwrap().push((Instant::now(), hint));
+                if forward.send(hint).await.is_err() {
+                    return;
+                }
+            }
+        }));
+        let (events_tx, mut events_rx) = broadcast::channel(4096);
+        deps.events = Some(events_tx);
+        let events = Arc::new(Mutex::new(Vec::new()));
+        let sink = Arc::clone(&events);
+        tokio::spawn(async move {
+            loop {
+                match events_rx.recv().await {
+                    Ok(event) => sink.lock().unwrap().push(event),
+                    Err(broadcast::error::RecvError::Lagged(_)) => {}
+                    Err(broadcast::error::RecvError::Closed) => return,
+                }
+            }
+        });
+        let (stop, stopped) = oneshot::channel::<()>();
+        let handle = tokio::spawn(async move {
+            daemon::run(&config, deps, async {
+                let _ = stopped.await;
+            })
+            .await
+        });
+        let worker = Worker {
+            label,
+            work_root: dir.join("work"),
+            handle: Some(handle),
+            stop: Some(stop),
+            events,
+            hints,
+        };
+        worker
+            .wait_event("ready", Duration::from_secs(30), |e| {
+                matches!(e, EventKind::Ready { .. })
+            })
+            .await;
+        worker
+    }
+
+    async fn wait_event(
+        &self,
+        what: &str,
+        timeout: Duration,
+        matches: impl Fn(&EventKind) -> bool,
+    ) -> Event {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(found) = self
+                .events
+                .lock()
+                .unwrap()
+                .iter()
+                .find(|e| matches(&e.kind))
+            {
+                return found.clone();
+            }
+            if let Some(handle) = &self.handle
+                && handle.is_finished()
+            {
+                panic!("{}: the daemon ended while waiting for {what}", self.label);
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{}: timed out waiting for {what}; events: {:#?}",
+                self.label,
+                self.events.lock().unwrap()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    fn events_for(&self, task_id: &str) -> Vec<EventKind> {
+        self.events
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|e| e.kind.task_id().is_some_and(|t| t.as_str() == task_id))
+            .map(|e| e.kind.clone())
+            .collect()
+    }
+
+    fn started(&self, task_id: &str) -> usize {
+        self.events_for(task_id)
+            .iter()
+            .filter(|e| matches!(e, EventKind::Started { .. }))
+            .count()
+    }
+
+    /// The work dir of a task.
+    fn work_dir(&self, task_id: &str) -> PathBuf {
+        self.work_root.join(work_dir_name(&TaskId::new(task_id)))
+    }
+
+    /// A graceful stop (the shutdown future completes).
+    async fn stop(mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(handle) = self.handle.take() {
+            tokio::time::timeout(Duration::from_secs(30), handle)
+                .await
+                .expect("the daemon stops within its grace")
+                .unwrap()
+                .unwrap();
+        }
+    }
+
+    /// A crash: the daemon's future is dropped mid-flight.
+    async fn kill(mut self) {
+        if let Some(handle) = self.handle.take() {
+            handle.abort();
+            let _ = handle.await;
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The dispatcher side, by hand
+
+/// A validated account `user@domain` of `server`.
+fn account(server: &Server, user: &str) -> taskmail::config::Account {
+    let text = format!(
+        r#"
+[accounts.{user}]
+email = "{user}@{domain}"
+password = {{ raw = "{password}" }}
+smtp = {{ host = "{host}", port = {port}, tls = "plaintext", allow-plaintext = true, pool-size = 2, timeout = "15s" }}
+jmap = {{ session-url = "{session}", poll-interval = "30s" }}
+"#,
+        domain = server.domain,
+        password = server.password,
+        host = server.smtp_host,
+        port = server.submission_port,
+        session = server.jmap_session_url,
+    );
+    let config =
+        Config::from_toml_str_with_env(&text, Mode::Strict, &Env::with_home("/nonexistent"))
+            .unwrap();
+    config.account(user).unwrap().clone()
+}
+
+/// A message that arrived in the dispatcher's mailbox.
+#[derive(Debug, Clone)]
+struct Got {
+    fetched: Fetched,
+    message: Option<AampMessage>,
+    /// When the test saw it.
+    seen: Instant,
+}
+
+impl Got {
+    fn intent(&self) -> Option<&str> {
+        self.message.as_ref().map(|m| m.intent().as_str())
+    }
+
+    fn task_id(&self) -> Option<&str> {
+        self.message.as_ref().map(|m| m.task_id.as_str())
+    }
+
+    fn message_id(&self) -> String {
+        self.fetched.inbound.message_id.clone().unwrap()
+    }
+
+    fn result(&self) -> Option<&taskmail::wire::aamp::TaskResult> {
+        match &self.message.as_ref()?.payload {
+            Payload::Result(r) => Some(r),
+            _ => None,
+        }
+    }
+
+    fn text(&self) -> String {
+        self.fetched
+            .inbound
+            .body
+            .as_ref()
+            .and_then(|b| b.text.clone())
+            .unwrap_or_default()
+    }
+}
+
+/// `user@` sending over submission and reading its own mailbox over JMAP (push when offered).
+struct Mailer {
+    label: String,
+    email: String,
+    worker: String,
+    jmap: Arc<JmapClient>,
+    smtp: SmtpSubmit,
+    inbox: String,
+    cursor: tokio::sync::Mutex<String>,
+    seen: Mutex<Vec<Got>>,
+    hints: tokio::sync::Mutex<mpsc::Receiver<Hint>>,
+    _push: JoinHandle<()>,
+}
+
+impl Mailer {
+    async fn new(server: &Server, user: &str) -> Mailer {
+        let account = account(server, user);
+        let jmap = Arc::new(JmapClient::from_account(&account).await.unwrap());
+        let smtp = SmtpSubmit::from_account(&account).unwrap();
+        let inbox = jmap.inbox_id().await.unwrap();
+        let cursor = jmap.state().await.unwrap();
+        let (supervisor, hints, _) = PushSupervisor::new(
+            Arc::clone(&jmap),
+            PushSettings::from_config(&account.jmap).unwrap(),
+            16,
+        );
+        let push = tokio::spawn(supervisor.run(std::future::pending()));
+        Mailer {
+            label: format!("{} as {}", server.label(), account.email),
+            email: account.email.clone(),
+            worker: format!("worker@{}", server.domain),
+            jmap,
+            smtp,
+            inbox,
+            cursor: tokio::sync::Mutex::new(cursor),
+            seen: Mutex::new(Vec::new()),
+            hints: tokio::sync::Mutex::new(hints),
+            _push: push,
+        }
+    }
+
+    /// Reads what arrived since the last look.
+    async fn poll(&self) {
+        let mut cursor = self.cursor.lock().await;
+        let changes = self.jmap.changes(&cursor).await.unwrap();
+        if !changes.created.is_empty() {
+            let fetched = self.jmap.get_bodies(&changes.created).await.unwrap();
+            let now = Instant::now();
+            let mut seen = self.seen.lock().unwrap();
+            for f in fetched
+                .into_iter()
+                .filter(|f| f.mailbox_ids.contains(&self.inbox))
+            {
+                let message = match classify(&f.inbound) {
+                    Classified::Aamp(parsed) => Some(parsed.message),
+                    _ => None,
+                };
+                seen.push(Got {
+                    fetched: f,
+                    message,
+                    seen: now,
+                });
+            }
+        }
+        *cursor = changes.new_state;
+    }
+
+    /// Waits until a message matching `pred` arrived.
+    async fn wait(&self, what: &str, pred: impl Fn(&Got) -> bool) -> Got {
+        let deadline = Instant::now() + REPLY_TIMEOUT;
+        loop {
+            self.poll().await;
+            if let Some(got) = self.seen.lock().unwrap().iter().find(|g| pred(g)) {
+                return got.clone();
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{}: timed out waiting for {what}; seen: {:#?}",
+                self.label,
+                self.seen
+                    .lock()
+                    .unwrap()
+                    .iter()
+                    .map(|g| (
+                        g.fetched.inbound.subject.clone(),
+                        g.task_id().map(str::to_owned)
+                    ))
+                    .collect::<Vec<_>>()
+            );
+            let mut hints = self.hints.lock().await;
+            let _ = tokio::time::timeout(Duration::from_millis(250), hints.recv()).await;
+            while hints.try_recv().is_ok() {}
+        }
+    }
+
+    async fn wait_intent(&self, task_id: &str, intent: &str) -> Got {
+        self.wait(&format!("{intent} of task {task_id}"), |g| {
+            g.task_id() == Some(task_id) && g.intent() == Some(intent)
+        })
+        .await
+    }
+
+    /// Every message of a task seen so far (after one more look).
+    async fn all(&self, task_id: &str) -> Vec<Got> {
+        self.poll().await;
+        self.seen
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|g| g.task_id() == Some(task_id))
+            .cloned()
+            .collect()
+    }
+
+    /// Submits an AAMP message to the worker; returns its Message-ID.
+    async fn send_aamp(
+        &self,
+        message: &AampMessage,
+        parent: Option<&Got>,
+        attachments: Vec<Attachment>,
+    ) -> String {
+        let (in_reply_to, references) = match parent {
+            Some(p) => {
+                let (irt, refs) = taskmail::wire::thread::reply_chain(
+                    &p.message_id(),
+                    &p.fetched.inbound.references,
+                );
+                (Some(irt), refs)
+            }
+            None => (None, Vec::new()),
+        };
+        let now = taskmail::clock::now();
+        let message_id = taskmail::ids::message_id(now, &taskmail::ids::domain_of(&self.email));
+        let mut outbound = Outbound::aamp(
+            message,
+            Mailbox::new(&self.email),
+            vec![Mailbox::new(&self.worker)],
+            now,
+            message_id.clone(),
+        );
+        outbound.in_reply_to = in_reply_to;
+        outbound.references = references;
+        outbound.attachments = attachments;
+        self.submit(&outbound.render()).await;
+        message_id
+    }
+
+    async fn submit(&self, raw: &[u8]) {
+        self.smtp
+            .send_raw(
+                &SmtpEnvelope::new(self.email.clone(), [self.worker.clone()]),
+                raw,
+            )
+            .await
+            .unwrap_or_else(|e| panic!("{}: submission: {e:?}", self.label));
+    }
+
+    /// Submits a task.dispatch; returns its Message-ID.
+    async fn dispatch(
+        &self,
+        task_id: &str,
+        instructions: &str,
+        expires_in: Option<TimeDelta>,
+        parent: Option<&Got>,
+    ) -> String {
+        let message = AampMessage::new(
+            TaskId::new(task_id),
+            Payload::Dispatch(Dispatch {
+                title: format!("Worker test {task_id}"),
+                instructions: instructions.to_owned(),
+                priority: Priority::Normal,
+                expires_at: expires_in
+                    .map(|d| taskmail::wire::aamp::truncate_ms(taskmail::clock::now() + d)),
+                ..Dispatch::default()
+            }),
+        );
+        self.send_aamp(&message, parent, Vec::new()).await
+    }
+
+    /// Downloads an attachment of a received message.
+    async fn download(&self, got: &Got, name: &str) -> Vec<u8> {
+        let attachment = got
+            .fetched
+            .inbound
+            .body
+            .as_ref()
+            .unwrap()
+            .attachments
+            .iter()
+            .find(|a| a.name.as_deref() == Some(name))
+            .unwrap_or_else(|| panic!("{}: no attachment {name}", self.label))
+            .clone();
+        self.jmap
+            .download(
+                attachment.blob_id.as_deref().unwrap(),
+                name,
+                &attachment.content_type,
+            )
+            .await
+            .unwrap()
+    }
+}
+
+fn task_id(token: &str, case: &str) -> String {
+    format!("{case}-{token}")
+}
+
+fn results(messages: &[Got]) -> usize {
+    messages
+        .iter()
+        .filter(|g| g.intent() == Some("task.result"))
+        .count()
+}
+
+// ---------------------------------------------------------------------------------------------
+// The cases
+
+/// With the echo agent, all at once against one daemon: dispatch -> ack -> result; help ->
+/// follow-up dispatch -> result; help -> a person's reply written by mutt -> result -> a reply
+/// to the result -> a second result; an expired task; a 1 MB body; a refused sender; a plain
+/// mail.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn echo_worker_dispatch_help_expiry_size_refusal_and_plain_mail() {
+    on_every_server(|server| async move {
+        let started = Instant::now();
+        let dir = tempfile::tempdir().unwrap();
+        let worker = Worker::start(&server, dir.path(), "echo", "plain-mail = true").await;
+        let dispatcher = Mailer::new(&server, "dispatcher").await;
+        let outsider = Mailer::new(&server, "outsider").await;
+        let token = support::unique_token();
+        tokio::join!(
+            basic(&server, &worker, &dispatcher, &token),
+            help_by_dispatch(&worker, &dispatcher, &token),
+            help_by_mutt(&server, &worker, &dispatcher, &token),
+            expired(&worker, &dispatcher, &token),
+            big_body(&worker, &dispatcher, &token),
+            refused(&worker, &dispatcher, &outsider, &token),
+            plain(&worker, &dispatcher, &token),
+        );
+        eprintln!(
+            "{}: echo cases done in {} ms",
+            server.label(),
+            started.elapsed().as_millis()
+        );
+        worker.stop().await;
+    })
+    .await;
+}
+
+async fn basic(server: &Server, worker: &Worker, dispatcher: &Mailer, token: &str) {
+    let id = task_id(token, "basic");
+    let words = format!("Please echo the words {token} quickly.");
+    let dispatch_id = dispatcher.dispatch(&id, &words, None, None).await;
+    let ack = dispatcher.wait_intent(&id, "task.ack").await;
+    assert_eq!(
+        ack.fetched.inbound.in_reply_to,
+        std::slice::from_ref(&dispatch_id)
+    );
+    let result = dispatcher.wait_intent(&id, "task.result").await;
+    let r = result.result().unwrap();
+    assert_eq!(r.status, Status::Completed, "{}: {r:?}", worker.label);
+    assert!(r.output.contains(&words), "{}: {}", worker.label, r.output);
+    assert_eq!(
+        result.fetched.inbound.in_reply_to,
+        std::slice::from_ref(&dispatch_id)
+    );
+    assert_eq!(
+        result.fetched.inbound.references,
+        std::slice::from_ref(&dispatch_id)
+    );
+    assert_eq!(
+        result.fetched.inbound.sender().as_deref(),
+        Some(dispatcher.worker.as_str())
+    );
+    assert_eq!(results(&dispatcher.all(&id).await), 1);
+    assert_eq!(worker.started(&id), 1);
+    // The dispatch in the worker's Inbox carries the claim and, the task being over, done.
+    let jmap = JmapClient::from_account(&account(server, "worker"))
+        .await
+        .unwrap();
+    support::eventually(
+        "$taskmail-claimed and $taskmail-done on the dispatch",
+        Duration::from_secs(15),
+        || async {
+            let recent = jmap
+                .query_inbox_since(taskmail::clock::now() - TimeDelta::seconds(90), 1000)
+                .await
+                .unwrap();
+            let fetched = jmap.get_headers(&recent.ids).await.unwrap();
+            let dispatch = fetched
+                .iter()
+                .find(|f| f.inbound.message_id.as_deref() == Some(dispatch_id.as_str()))?;
+            (dispatch.keywords.contains(daemon::inbound::CLAIMED)
+                && dispatch.keywords.contains(daemon::inbound::DONE))
+            .then_some(())
+        },
+    )
+    .await;
+}
+
+async fn help_by_dispatch(worker: &Worker, dispatcher: &Mailer, token: &str) {
+    let id = task_id(token, "helpd");
+    let dispatch_id = dispatcher
+        .dispatch(
+            &id,
+            &format!("Paint the shed.\nplease ask: Which colour for {token}?"),
+            None,
+            None,
+        )
+        .await;
+    let help = dispatcher.wait_intent(&id, "task.help_needed").await;
+    let Some(Payload::HelpNeeded(h)) = help.message.as_ref().map(|m| &m.payload) else {
+        unreachable!()
+    };
+    assert_eq!(h.question, format!("Which colour for {token}?"));
+    assert_eq!(
+        help.fetched.inbound.in_reply_to,
+        std::slice::from_ref(&dispatch_id)
+    );
+    let answer = format!("Blue, answered by dispatch {token}");
+    let answer_id = dispatcher.dispatch(&id, &answer, None, Some(&help)).await;
+    let result = dispatcher.wait_intent(&id, "task.result").await;
+    let r = result.result().unwrap();
+    assert_eq!(r.status, Status::Completed, "{}: {r:?}", worker.label);
+    assert!(r.output.contains(&answer), "{}: {}", worker.label, r.output);
+    assert_eq!(
+        result.fetched.inbound.in_reply_to,
+        std::slice::from_ref(&answer_id)
+    );
+    let refs = &result.fetched.inbound.references;
+    assert_eq!(refs.first(), Some(&dispatch_id), "{refs:?}");
+    assert!(refs.contains(&help.message_id()), "{refs:?}");
+    assert_eq!(refs.last(), Some(&answer_id), "{refs:?}");
+    let all = dispatcher.all(&id).await;
+    assert_eq!(results(&all), 1);
+    assert_eq!(
+        all.iter()
+            .filter(|g| g.intent() == Some("task.help_needed"))
+            .count(),
+        1
+    );
+}
+
+async fn help_by_mutt(server: &Server, worker: &Worker, dispatcher: &Mailer, token: &str) {
+    let missing = support::mutt::Mutt::missing_tools();
+    assert!(
+        missing.is_empty(),
+        "{}: the human-reply case needs {missing:?} ({})",
+        worker.label,
+        support::mutt::INSTALL_HINT
+    );
+    let id = task_id(token, "helpm");
+    let dispatch_id = dispatcher
+        .dispatch(
+            &id,
+            &format!("Book a room.\nplease ask: Which floor for {token}?"),
+            None,
+            None,
+        )
+        .await;
+    let help = dispatcher.wait_intent(&id, "task.help_needed").await;
+    // The person behind the dispatcher address answers from mutt.
+    let answer = format!("The third floor, says a person {token}");
+    let (srv, who, help_id, text) = (
+        server.clone(),
+        server.account("dispatcher"),
+        help.message_id(),
+        answer.clone(),
+    );
+    tokio::task::spawn_blocking(move || {
+        support::mutt::Mutt::new(&srv, &who).reply(&help_id, &text)
+    })
+    .await
+    .unwrap();
+    let result = dispatcher.wait_intent(&id, "task.result").await;
+    let r = result.result().unwrap();
+    assert_eq!(r.status, Status::Completed, "{}: {r:?}", worker.label);
+    assert!(
+        r.output.contains(&format!("> {answer}")),
+        "{}: the answer reaches the agent: {}",
+        worker.label,
+        r.output
+    );
+    assert!(
+        !r.output.contains("Operations desk"),
+        "{}: the signature is stripped: {}",
+        worker.label,
+        r.output
+    );
+    // The result answers the person's reply, in the same thread.
+    let received = worker
+        .events_for(&id)
+        .into_iter()
+        .filter_map(|e| match e {
+            EventKind::Received {
+                intent, message_id, ..
+            } if intent == "reply" => message_id,
+            _ => None,
+        })
+        .next()
+        .expect("the reply was taken as a reply");
+    assert_eq!(
+        result.fetched.inbound.in_reply_to,
+        std::slice::from_ref(&received)
+    );
+    let refs = &result.fetched.inbound.references;
+    assert_eq!(refs.first(), Some(&dispatch_id));
+    assert!(refs.contains(&help.message_id()) && refs.last() == Some(&received));
+    assert_eq!(results(&dispatcher.all(&id).await), 1);
+    // A reply to the result is a follow-up instruction: the task runs again, same TaskId, and
+    // the new result goes in the same thread.
+    let follow_up = format!("Now the fourth floor please {token}");
+    let (srv, who, result_id, text) = (
+        server.clone(),
+        server.account("dispatcher"),
+        result.message_id(),
+        follow_up.clone(),
+    );
+    tokio::task::spawn_blocking(move || {
+        support::mutt::Mutt::new(&srv, &who).reply(&result_id, &text)
+    })
+    .await
+    .unwrap();
+    let second = dispatcher
+        .wait(&format!("a second result of {id}"), |g| {
+            g.task_id() == Some(id.as_str())
+                && g.result()
+                    .is_some_and(|r| r.output.contains(&format!("> {follow_up}")))
+        })
+        .await;
+    assert_eq!(second.result().unwrap().status, Status::Completed);
+    let refs = &second.fetched.inbound.references;
+    assert_eq!(refs.first(), Some(&dispatch_id), "{refs:?}");
+    assert!(refs.contains(&result.message_id()), "{refs:?}");
+    assert_eq!(results(&dispatcher.all(&id).await), 2);
+    assert_eq!(worker.started(&id), 3, "asked, answered, followed up");
+}
+
+async fn expired(worker: &Worker, dispatcher: &Mailer, token: &str) {
+    let id = task_id(token, "expired");
+    dispatcher
+        .dispatch(&id, "This is too late.", Some(TimeDelta::minutes(-1)), None)
+        .await;
+    let result = dispatcher.wait_intent(&id, "task.result").await;
+    let r = result.result().unwrap();
+    assert_eq!(r.status, Status::Rejected);
+    assert_eq!(r.error_msg.as_deref(), Some("expired"), "{}", worker.label);
+    assert_eq!(worker.started(&id), 0, "{}: never run", worker.label);
+    assert!(!worker.work_dir(&id).exists());
+}
+
+async fn big_body(worker: &Worker, dispatcher: &Mailer, token: &str) {
+    let id = task_id(token, "big");
+    let line = format!("{token} the quick brown fox jumps over the lazy dog 0123456789\n");
+    let mut body = format!("Start of a big task {token}.\n");
+    while body.len() < 1024 * 1024 {
+        body.push_str(&line);
+    }
+    dispatcher.dispatch(&id, &body, None, None).await;
+    let result = dispatcher.wait_intent(&id, "task.result").await;
+    let r = result.result().unwrap();
+    assert_eq!(r.status, Status::Completed, "{}: {r:?}", worker.label);
+    assert!(r.output.contains(&format!("Start of a big task {token}.")));
+    // The whole 1 MB reached the agent's task file (argv carries the first 100 KiB).
+    let task_json = std::fs::read_to_string(worker.work_dir(&id).join("task.json")).unwrap();
+    let task: serde_json::Value = serde_json::from_str(&task_json).unwrap();
+    let instructions = task["instructions"].as_str().unwrap();
+    assert!(
+        instructions.len() >= 1024 * 1024 - line.len(),
+        "{}",
+        instructions.len()
+    );
+}
+
+async fn refused(worker: &Worker, dispatcher: &Mailer, outsider: &Mailer, token: &str) {
+    let id = task_id(token, "refused");
+    let refused_id = outsider.dispatch(&id, "Let me in.", None, None).await;
+    let event = worker
+        .wait_event(
+            "the refusal",
+            REPLY_TIMEOUT,
+            |e| matches!(e, EventKind::Refused { message_id: Some(m), .. } if *m == refused_id),
+        )
+        .await;
+    assert!(
+        matches!(&event.kind, EventKind::Refused { rule, .. } if rule == "not-allowed"),
+        "{event:?}"
+    );
+    // Afterwards, a task of the allowed dispatcher goes all the way; the outsider still has
+    // nothing, and nothing ran.
+    let control = task_id(token, "control");
+    dispatcher
+        .dispatch(&control, "After the outsider.", None, None)
+        .await;
+    dispatcher.wait_intent(&control, "task.result").await;
+    assert!(
+        outsider.all(&id).await.is_empty(),
+        "{}: no ack, no result",
+        worker.label
+    );
+    assert!(worker.events_for(&id).is_empty());
+    assert!(!worker.work_dir(&id).exists());
+}
+
+async fn plain(worker: &Worker, dispatcher: &Mailer, token: &str) {
+    let subject = format!("Plain request {token}");
+    let message_id = format!(
+        "plain-{token}@{}",
+        taskmail::ids::domain_of(&dispatcher.email)
+    );
+    let raw = support::mail::message(
+        &dispatcher.email,
+        &dispatcher.worker,
+        &subject,
+        &message_id,
+        &[],
+        &format!("Could you echo {token} for me?\n\n-- \nA person"),
+    );
+    dispatcher.submit(&raw).await;
+    let id = taskmail::daemon::worker::plain_task_id(&message_id);
+    let result = dispatcher.wait_intent(id.as_str(), "task.result").await;
+    assert_eq!(
+        result.fetched.inbound.subject.as_deref(),
+        Some(format!("Re: {subject}").as_str()),
+        "{}",
+        worker.label
+    );
+    assert_eq!(result.fetched.inbound.in_reply_to, [message_id]);
+    let text = result.text();
+    assert!(
+        text.contains(&format!("Could you echo {token} for me?")),
+        "{text}"
+    );
+    assert!(
+        !text.contains("AAMP Task Result"),
+        "a readable reply: {text}"
+    );
+    assert_eq!(results(&dispatcher.all(id.as_str()).await), 1);
+    assert!(
+        dispatcher
+            .all(id.as_str())
+            .await
+            .iter()
+            .all(|g| g.intent() == Some("task.result")),
+        "no ack for plain mail"
+    );
+}
+
+/// task.cancel while the agent runs: the run is stopped and exactly one `rejected` result with
+/// ErrorMsg `cancelled` arrives.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancel_during_a_run_sends_one_rejected_result() {
+    on_every_server(|server| async move {
+        let dir = tempfile::tempdir().unwrap();
+        let worker = Worker::start(&server, dir.path(), "slow", "").await;
+        let dispatcher = Mailer::new(&server, "dispatcher").await;
+        let token = support::unique_token();
+        let id = task_id(&token, "cancel");
+        dispatcher
+            .dispatch(&id, "Take your time.", None, None)
+            .await;
+        let ack = dispatcher.wait_intent(&id, "task.ack").await;
+        worker
+            .wait_event(
+                "the run",
+                REPLY_TIMEOUT,
+                |e| matches!(e, EventKind::Started { task_id, .. } if task_id.as_str() == id),
+            )
+            .await;
+        let started = Instant::now();
+        let cancel = AampMessage::new(
+            TaskId::new(&id),
+            Payload::Cancel {
+                reason: format!("Never mind {token}."),
+            },
+        );
+        dispatcher.send_aamp(&cancel, Some(&ack), Vec::new()).await;
+        let result = dispatcher.wait_intent(&id, "task.result").await;
+        let r = result.result().unwrap();
+        assert_eq!(r.status, Status::Rejected, "{}", worker.label);
+        assert_eq!(r.error_msg.as_deref(), Some("cancelled"));
+        assert!(
+            started.elapsed() < Duration::from_secs(25),
+            "{}: the 30 s run was stopped",
+            worker.label
+        );
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        assert_eq!(results(&dispatcher.all(&id).await), 1, "{}", worker.label);
+        worker.stop().await;
+    })
+    .await;
+}
+
+/// A file attached to the dispatch arrives in the run's `in/`; files the agent leaves in its
+/// outbox come back attached to the result.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn attachments_go_both_ways() {
+    on_every_server(|server| async move {
+        let dir = tempfile::tempdir().unwrap();
+        let worker = Worker::start(&server, dir.path(), "files", "").await;
+        let dispatcher = Mailer::new(&server, "dispatcher").await;
+        let token = support::unique_token();
+        let id = task_id(&token, "files");
+        let name = format!("data-{token}.csv");
+        let content = format!("token,value\n{token},42\n").into_bytes();
+        let message = AampMessage::new(
+            TaskId::new(&id),
+            Payload::Dispatch(Dispatch {
+                title: "Look at the file".into(),
+                instructions: "Copy the file back.".into(),
+                ..Dispatch::default()
+            }),
+        );
+        dispatcher
+            .send_aamp(
+                &message,
+                None,
+                vec![Attachment {
+                    filename: name.clone(),
+                    content_type: "text/csv".into(),
+                    bytes: content.clone(),
+                }],
+            )
+            .await;
+        let result = dispatcher.wait_intent(&id, "task.result").await;
+        assert_eq!(result.result().unwrap().status, Status::Completed);
+        assert_eq!(
+            std::fs::read(worker.work_dir(&id).join("in").join(&name)).unwrap(),
+            content,
+            "{}: the attachment is in in/",
+            worker.label
+        );
+        let listing = dispatcher.download(&result, "listing.txt").await;
+        assert_eq!(String::from_utf8(listing).unwrap().trim(), name);
+        assert_eq!(dispatcher.download(&result, &name).await, content);
+        worker.stop().await;
+    })
+    .await;
+}
+
+/// The daemon dies (its future is dropped) while the agent runs; a new one on the same state
+/// dir finishes the task: exactly one result mail, and the agent ran once more than the one
+/// interruption (the restart rule in `taskmail::daemon`'s docs).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restart_mid_run_completes_the_task_exactly_once() {
+    on_every_server(|server| async move {
+        let dir = tempfile::tempdir().unwrap();
+        let first = Worker::start(&server, dir.path(), "counted", "").await;
+        let dispatcher = Mailer::new(&server, "dispatcher").await;
+        let token = support::unique_token();
+        let id = task_id(&token, "restart");
+        let words = format!("Survive a restart {token}.");
+        dispatcher.dispatch(&id, &words, None, None).await;
+        first
+            .wait_event(
+                "the run",
+                REPLY_TIMEOUT,
+                |e| matches!(e, EventKind::Started { task_id, .. } if task_id.as_str() == id),
+            )
+            .await;
+        let runs_file = first.work_dir(&id).join(".runs");
+        support::eventually("the agent started", Duration::from_secs(10), || async {
+            runs_file.exists().then_some(())
+        })
+        .await;
+        first.kill().await;
+        let second = Worker::start(&server, dir.path(), "counted", "").await;
+        let result = dispatcher.wait_intent(&id, "task.result").await;
+        let r = result.result().unwrap();
+        assert_eq!(r.status, Status::Completed, "{}: {r:?}", second.label);
+        assert!(r.output.contains(&words));
+        // Give a duplicate every chance to show up.
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        let all = dispatcher.all(&id).await;
+        assert_eq!(results(&all), 1, "{}: exactly one result", second.label);
+        let runs = std::fs::read_to_string(&runs_file).unwrap().len();
+        assert_eq!(
+            runs,
+            1 + 1,
+            "{}: one run, one re-run after the interruption (at most 1 + {})",
+            second.label,
+            taskmail::daemon::worker::MAX_INTERRUPTIONS
+        );
+        second.stop().await;
+    })
+    .await;
+}
+
+/// Dispatch-to-result latency with the echo agent over push, next to the submission-to-hint
+/// time of the same tasks. Prints the figures; asserts only that every task completed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn push_latency_dispatch_to_result() {
+    let tasks: usize = std::env::var("TASKMAIL_LATENCY_TASKS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(50);
+    on_every_server(move |server| async move {
+        if !pushes(&server) {
+            eprintln!("{}: no push; latency is measured on push servers only", server.label());
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let worker = Worker::start(&server, dir.path(), "echo", "").await;
+        let dispatcher = Mailer::new(&server, "dispatcher").await;
+        let token = support::unique_token();
+        let mut to_result = Vec::with_capacity(tasks);
+        let mut to_hint = Vec::with_capacity(tasks);
+        let mut to_received = Vec::with_capacity(tasks);
+        let mut to_sent = Vec::with_capacity(tasks);
+        for n in 0..tasks {
+            // NOTE: a pause between tasks, so that the previous task's own state changes
+            // (keywords, its result) are not taken for this task's push hint.
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            let id = task_id(&token, &format!("lat{n}"));
+            let (sent, sent_at) = (Instant::now(), taskmail::clock::now());
+            dispatcher.dispatch(&id, "Quick.", None, None).await;
+            let result = dispatcher.wait_intent(&id, "task.result").await;
+            assert_eq!(result.result().unwrap().status, Status::Completed);
+            to_result.push(result.seen - sent);
+            if let Some((at, _)) = worker
+                .hints
+                .lock()
+                .unwrap()
+                .iter()
+                .find(|(at, _)| *at >= sent)
+            {
+                to_hint.push(*at - sent);
+            }
+            if let Some(sent_result) = worker.events.lock().unwrap().iter().find(|e| {
+                matches!(&e.kind, EventKind::Sent { task_id: Some(t), intent, .. }
+                    if t.as_str() == id && intent == "task.result")
+            }) {
+                to_sent.push((sent_result.at - sent_at).to_std().unwrap_or_default());
+            }
+            if let Some(received) = worker.events.lock().unwrap().iter().find(|e| {
+                matches!(&e.kind, EventKind::Received { task_id, .. } if task_id.as_str() == id)
+            }) {
+                to_received.push((received.at - sent_at).to_std().unwrap_or_default());
+            }
+        }
+        let throttle = server
+            .vars
+            .get("PUSH_THROTTLE")
+            .cloned()
+            .unwrap_or_else(|| "?".to_owned());
+        let build = server
+            .vars
+            .get("BUILD")
+            .cloned()
+            .unwrap_or_else(|| "?".to_owned());
+        eprintln!(
+            "LATENCY {} ({build} build, push throttle {throttle}, echo agent, {tasks} sequential tasks): \
+             dispatch->result p50 {} ms p99 {} ms max {} ms; submission->push hint p50 {} ms p99 {} ms \
+             ({} samples); submission->task received (changes, headers, gate, claim, body) p50 {} ms p99 {} ms; \
+             submission->result accepted by the worker's submission server p50 {} ms p99 {} ms",
+            server.label(),
+            percentile(&mut to_result, 50),
+            percentile(&mut to_result, 99),
+            percentile(&mut to_result, 100),
+            percentile(&mut to_hint, 50),
+            percentile(&mut to_hint, 99),
+            to_hint.len(),
+            percentile(&mut to_received, 50),
+            percentile(&mut to_received, 99),
+            percentile(&mut to_sent, 50),
+            percentile(&mut to_sent, 99),
+        );
+        worker.stop().await;
+    })
+    .await;
+}
+
+fn percentile(samples: &mut [Duration], p: usize) -> u128 {
+    if samples.is_empty() {
+        return 0;
+    }
+    samples.sort();
+    let rank = (samples.len() * p).div_ceil(100).clamp(1, samples.len());
+    samples[rank - 1].as_millis()
+}
+
+// ---------------------------------------------------------------------------------------------
+// The binary
+
+/// `taskmail run --json`, the binary itself: banner on stderr, JSON Lines events on stdout, a
+/// task served, SIGTERM drains and exits 0.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_run_command_serves_tasks_until_sigterm() {
+    use tokio::io::{AsyncBufReadExt as _, AsyncReadExt as _, BufReader};
+    on_every_server(|server| async move {
+        let label = server.label();
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("config.toml");
+        std::fs::write(&path, worker_config_text(&server, dir.path(), "echo", "")).unwrap();
+        let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_taskmail"))
+            .arg("-c")
+            .arg(&path)
+            .args(["run", "--json"])
+            .env("HOME", dir.path())
+            .env_remove("XDG_CONFIG_HOME")
+            .env("TASKMAIL_LOG", "info")
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap();
+        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+        let mut stderr = child.stderr.take().unwrap();
+        let mut events: Vec<serde_json::Value> = Vec::new();
+        let mut next_event = async |events: &mut Vec<serde_json::Value>, name: &str| {
+            loop {
+                let line = tokio::time::timeout(REPLY_TIMEOUT, lines.next_line())
+                    .await
+                    .unwrap_or_else(|_| panic!("{label}: no '{name}' event; got {events:#?}"))
+                    .unwrap()
+                    .unwrap_or_else(|| {
+                        panic!("{label}: stdout closed before '{name}'; got {events:#?}")
+                    });
+                let event: serde_json::Value = serde_json::from_str(&line)
+                    .unwrap_or_else(|e| panic!("{label}: not JSON: {line:?}: {e}"));
+                events.push(event.clone());
+                if event["event"] == name {
+                    return event;
+                }
+            }
+        };
+        next_event(&mut events, "ready").await;
+        let dispatcher = Mailer::new(&server, "dispatcher").await;
+        let token = support::unique_token();
+        let id = task_id(&token, "cli");
+        dispatcher
+            .dispatch(&id, &format!("From the CLI {token}"), None, None)
+            .await;
+        let result = next_event(&mut events, "result").await;
+        assert_eq!(result["taskId"], id.as_str(), "{label}");
+        assert_eq!(result["status"], "completed", "{label}");
+        for name in ["received", "acked", "started"] {
+            assert!(
+                events
+                    .iter()
+                    .any(|e| e["event"] == name && e["taskId"] == id.as_str()),
+                "{label}: a '{name}' event: {events:#?}"
+            );
+        }
+        let mail = dispatcher.wait_intent(&id, "task.result").await;
+        assert!(mail.result().unwrap().output.contains(&token));
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(i32::try_from(child.id().unwrap()).unwrap()),
+            nix::sys::signal::Signal::SIGTERM,
+        )
+        .unwrap();
+        let stopped = next_event(&mut events, "stopped").await;
+        assert_eq!(stopped["interrupted"], 0, "{label}");
+        let status = tokio::time::timeout(Duration::from_secs(30), child.wait())
+            .await
+            .unwrap()
+            .unwrap();
+        let mut err = String::new();
+        stderr.read_to_string(&mut err).await.unwrap();
+        assert_eq!(status.code(), Some(0), "{label}: {err}");
+        for expected in [
+            concat!("taskmail ", env!("CARGO_PKG_VERSION"), " worker"),
+            "account      worker <worker@",
+            "session      http://127.0.0.1:",
+            "api          http://127.0.0.1:",
+            "push         auto",
+            "state dir    ",
+            "agent        echo",
+            "concurrency  2",
+            "SIGTERM received",
+        ] {
+            assert!(
+                err.contains(expected),
+                "{label}: '{expected}' on stderr:\n{err}"
+            );
+        }
+    })
+    .await;
+}
+
+/// An invalid config stops `taskmail run` before it connects anywhere: exit 2, every problem
+/// listed (and one JSON error object on stdout with `--json`). Needs no server.
+#[test]
+fn the_run_command_refuses_an_invalid_config_with_every_problem() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("config.toml");
+    std::fs::write(
+        &path,
+        r#"
+[accounts.worker]
+email = "worker@example.test"
+password = { raw = "x" }
+smtp = { host = "127.0.0.1", port = 99999, tls = "plaintext", allow-plaintext = true }
+jmap = { session-url = "http://127.0.0.1:1/.well-known/jmap" }
+[worker]
+concurrency = 0
+"#,
+    )
+    .unwrap();
+    let run = |json: bool| {
+        let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_taskmail"));
+        command
+            .arg("-c")
+            .arg(&path)
+            .arg("run")
+            .env("HOME", dir.path());
+        if json {
+            command.arg("--json");
+        }
+        command.output().unwrap()
+    };
+    let human = run(false);
+    assert_eq!(human.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&human.stderr);
+    assert!(err.contains("accounts.worker.smtp.port"), "{err}");
+    assert!(err.contains("worker.concurrency"), "{err}");
+    let json = run(true);
+    assert_eq!(json.status.code(), Some(2));
+    let line: serde_json::Value = serde_json::from_slice(&json.stdout).unwrap();
+    assert_eq!(line["event"], "error");
+    assert_eq!(line["kind"], "config");
+    assert!(line["details"].as_array().unwrap().len() >= 2, "{line}");
+}
