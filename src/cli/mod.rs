@@ -8,11 +8,18 @@ use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
 
+pub mod answer;
+pub mod cancel;
 pub mod config;
+pub mod dispatch;
+pub mod doctor;
+pub mod listen;
 pub mod output;
 pub mod parse;
 pub mod render;
 pub mod run;
+pub mod task;
+pub mod tasks;
 
 /// Process exit codes (documented in the README).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -39,6 +46,165 @@ impl From<Exit> for ExitCode {
     fn from(e: Exit) -> Self {
         ExitCode::from(e as u8)
     }
+}
+
+impl Exit {
+    /// The exit of a documented code (an unknown one is a plain failure).
+    pub fn from_code(code: u8) -> Exit {
+        match code {
+            0 => Exit::Ok,
+            2 => Exit::Usage,
+            3 => Exit::Rejected,
+            4 => Exit::Expired,
+            69 => Exit::Unavailable,
+            75 => Exit::TempFail,
+            77 => Exit::AuthRefused,
+            _ => Exit::Failure,
+        }
+    }
+}
+
+/// What a verb reports when it cannot do its job: with `--json` one object on stdout
+/// (`{"event": "error", "kind", "message", "details", "exit"}`), else lines on stderr; then
+/// the exit code.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Failure {
+    /// `config`, `usage`, `connect`, `send`, `store`, `task`, `error` ...
+    pub kind: String,
+    /// One line, with its causes.
+    pub message: String,
+    /// Further lines: every config problem, a hint.
+    pub details: Vec<String>,
+    /// The exit code.
+    pub exit: Exit,
+}
+
+impl Failure {
+    /// A failure of `kind` with `message`, exiting with `exit`.
+    pub fn new(kind: &str, message: impl Into<String>, exit: Exit) -> Failure {
+        Failure {
+            kind: kind.to_owned(),
+            message: message.into(),
+            details: Vec::new(),
+            exit,
+        }
+    }
+
+    /// A failure from an error whose documented exit code is `code` (the message is the cause
+    /// chain).
+    pub fn of(kind: &str, error: &dyn std::error::Error, code: u8) -> Failure {
+        Failure::new(
+            kind,
+            crate::transport::smtp::error_chain(error),
+            Exit::from_code(code),
+        )
+    }
+
+    /// With a further line (a hint, one config problem).
+    #[must_use]
+    pub fn detail(mut self, line: impl Into<String>) -> Failure {
+        self.details.push(line.into());
+        self
+    }
+
+    /// Prints the failure and returns its exit code.
+    pub fn report(&self, json: bool) -> Exit {
+        if json {
+            let line = serde_json::json!({
+                "event": "error",
+                "kind": self.kind,
+                "message": self.message,
+                "details": self.details,
+                "exit": self.exit as u8,
+            });
+            let _ = output::write_stdout(format!("{line}\n").as_bytes());
+        } else {
+            eprintln!("error: {}", self.message);
+            for line in &self.details {
+                eprintln!("  {line}");
+            }
+        }
+        self.exit
+    }
+}
+
+impl From<anyhow::Error> for Failure {
+    fn from(error: anyhow::Error) -> Failure {
+        let message = error
+            .chain()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join(": ");
+        Failure::new("error", message, Exit::Failure)
+    }
+}
+
+impl From<crate::store::StoreError> for Failure {
+    fn from(error: crate::store::StoreError) -> Failure {
+        Failure::of("store", &error, 1)
+    }
+}
+
+/// Loads and validates the config for a verb: every problem at once (exit 2).
+pub(crate) fn load_config(
+    global: Option<&std::path::Path>,
+    env: &crate::config::Env,
+) -> Result<(crate::config::Config, PathBuf), Failure> {
+    let path = crate::config::locate(global, env);
+    let report = config::ConfigCheckCommand {
+        file: Some(path.clone()),
+        json: false,
+    }
+    .check(env);
+    if !report.valid {
+        let mut failure = Failure::new(
+            "config",
+            format!("cannot use config file '{}'", path.display()),
+            Exit::Usage,
+        );
+        failure.details = config::problem_lines(&report);
+        return Err(failure);
+    }
+    let loaded = crate::config::Config::load(&path, crate::config::Mode::Strict, env)
+        .map_err(|e| Failure::of("config", &e, 2))?;
+    for warning in loaded.warnings() {
+        tracing::debug!("{warning}");
+    }
+    Ok((loaded, path))
+}
+
+/// The account a verb works as: `--account`, else `fallback` (a section's account).
+pub(crate) fn pick_account<'a>(
+    config: &'a crate::config::Config,
+    flag: Option<&str>,
+    fallback: &str,
+) -> Result<&'a crate::config::Account, Failure> {
+    let name = flag.unwrap_or(fallback);
+    config.account(name).ok_or_else(|| {
+        let known: Vec<&str> = config.accounts().iter().map(|a| a.name.as_str()).collect();
+        Failure::new(
+            "config",
+            format!("cannot find account '{name}'"),
+            Exit::Usage,
+        )
+        .detail(format!("known accounts: {}", known.join(", ")))
+    })
+}
+
+/// Opens the store of the config's state dir.
+pub(crate) fn open_store(config: &crate::config::Config) -> Result<crate::store::Store, Failure> {
+    Ok(crate::store::Store::open(
+        &config.state_dir().join(crate::store::FILE_NAME),
+    )?)
+}
+
+/// A multi-threaded runtime for a verb that talks to servers.
+pub(crate) fn runtime() -> Result<tokio::runtime::Runtime, Failure> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .map_err(|e| Failure::of("error", &e, 1))
 }
 
 /// taskmail: AI agent tasks and messages over ordinary email.
@@ -84,6 +250,22 @@ pub enum Command {
     Config(config::ConfigCommand),
     /// Run the worker daemon: take tasks from the mailbox, run the agent, mail results back.
     Run(run::RunCommand),
+    /// Send a task to a worker; with --wait, follow it until its result.
+    Dispatch(Box<dispatch::DispatchCommand>),
+    /// List tasks from the local store.
+    Tasks(tasks::TasksCommand),
+    /// Look at one task.
+    #[command(subcommand)]
+    Task(task::TaskCommand),
+    /// Answer a help request of a task you dispatched.
+    Answer(answer::AnswerCommand),
+    /// Cancel a task you dispatched.
+    Cancel(cancel::CancelCommand),
+    /// Follow a mailbox and print every inbound message, classified, acting on none.
+    Listen(listen::ListenCommand),
+    /// Check the config, the state dir, SMTP, JMAP, push and the agent, with a fix for each
+    /// problem.
+    Doctor(doctor::DoctorCommand),
 }
 
 impl Cli {
@@ -96,6 +278,23 @@ impl Cli {
                 c.execute(self.global.config, &crate::config::Env::from_process())
             }
             Command::Run(c) => c.execute(self.global.config, &crate::config::Env::from_process()),
+            Command::Dispatch(c) => {
+                c.execute(self.global.config, &crate::config::Env::from_process())
+            }
+            Command::Tasks(c) => c.execute(self.global.config, &crate::config::Env::from_process()),
+            Command::Task(c) => c.execute(self.global.config, &crate::config::Env::from_process()),
+            Command::Answer(c) => {
+                c.execute(self.global.config, &crate::config::Env::from_process())
+            }
+            Command::Cancel(c) => {
+                c.execute(self.global.config, &crate::config::Env::from_process())
+            }
+            Command::Listen(c) => {
+                c.execute(self.global.config, &crate::config::Env::from_process())
+            }
+            Command::Doctor(c) => {
+                c.execute(self.global.config, &crate::config::Env::from_process())
+            }
         }
     }
 }

@@ -113,6 +113,18 @@ pub enum EventKind {
         intent: String,
         error: String,
     },
+    /// A message about a task this account dispatched arrived and was recorded (the
+    /// dispatcher side: an ack, a help request, a result, a cancel, a person's reply).
+    #[serde(rename_all = "camelCase")]
+    Progress {
+        task_id: TaskId,
+        message_id: Option<String>,
+        /// `task.ack`, `task.help_needed`, `task.result`, `task.cancel` or `reply`.
+        intent: String,
+        from: String,
+        /// The dispatcher task's state afterwards.
+        state: String,
+    },
     /// The daemon stopped.
     #[serde(rename_all = "camelCase")]
     Stopped {
@@ -137,6 +149,7 @@ impl EventKind {
             EventKind::Ignored { .. } => "ignored",
             EventKind::Sent { .. } => "sent",
             EventKind::DeadLetter { .. } => "dead_letter",
+            EventKind::Progress { .. } => "progress",
             EventKind::Stopped { .. } => "stopped",
         }
     }
@@ -149,7 +162,8 @@ impl EventKind {
             | EventKind::Started { task_id, .. }
             | EventKind::Help { task_id, .. }
             | EventKind::Result { task_id, .. }
-            | EventKind::Cancelled { task_id } => Some(task_id),
+            | EventKind::Cancelled { task_id }
+            | EventKind::Progress { task_id, .. } => Some(task_id),
             EventKind::Sent { task_id, .. } => task_id.as_ref(),
             _ => None,
         }
@@ -212,6 +226,13 @@ impl Event {
                 intent,
                 error,
             } => format!("cannot send {intent} <{message_id}>: {error}"),
+            EventKind::Progress {
+                task_id,
+                intent,
+                from,
+                state,
+                ..
+            } => format!("dispatched task {task_id}: {intent} from {from} ({state})"),
             EventKind::Stopped { interrupted } => {
                 format!("stopped ({interrupted} runs interrupted)")
             }

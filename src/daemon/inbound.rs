@@ -15,8 +15,11 @@
 //! 4. Screening, on headers: our own messages (by outbox Message-ID or From), Message-IDs seen
 //!    before, mail another daemon claimed (`$taskmail-claimed`, `$taskmail-done`), then
 //!    [`crate::wire::classify()`]: invalid AAMP and unknown intents are logged and audited and
-//!    never become human replies; intents that are not for a worker are left alone; a reply is
-//!    looked up in the Message-ID index (no hit: it is plain mail).
+//!    never become human replies; an ack, help request, result or cancel of a task this
+//!    account dispatched, or a person's reply in its thread, goes to the dispatcher side
+//!    ([`super::dispatcher`]: from the task's peer only, no gate, no claim); other intents that
+//!    are not for a worker are left alone; a reply is looked up in the Message-ID index (no hit:
+//!    it is plain mail). A dispatcher-only pipeline leaves all worker-side mail unmarked.
 //! 5. The [`Gate`](super::gate::Gate). Refused: audited, marked, no ack, no body fetched, and per
 //!    `trust.on-refused` silence or one neutral `rejected` result. Follow-ups (cancel, reply,
 //!    same-TaskId dispatch) must also come from the task's peer.
@@ -93,6 +96,9 @@ pub(crate) enum What {
     Reply { task_id: TaskId },
     /// A plain mail that starts a task (`worker.plain-mail`).
     Plain,
+    /// An ack, help request, result or cancel for a task this account dispatched, or a
+    /// person's reply in its thread ([`super::dispatcher`]).
+    ForDispatcher { task_id: TaskId },
 }
 
 /// A mail that passed screening and the gate.
@@ -209,7 +215,7 @@ where
 {
     /// One pass: changes (or a back-fill) since the saved state, processed, state saved.
     pub(crate) async fn sync(&self) -> Result<(), SyncError> {
-        let since = self.db.with(|s| s.jmap_state(&self.key))?;
+        let since = self.db.with(|s| s.jmap_state(&self.cursor))?;
         let Some(since) = since else {
             let state = self.mail.state().await?;
             self.save_state(&state)?;
@@ -238,8 +244,8 @@ where
     fn save_state(&self, state: &str) -> Result<(), StoreError> {
         let now = self.now();
         self.db.atomically(|s| {
-            s.set_jmap_state(&self.key, state, now)?;
-            s.kv_set(&synced_key(&self.key), &now.to_rfc3339(), now)
+            s.set_jmap_state(&self.cursor, state, now)?;
+            s.kv_set(&synced_key(&self.cursor), &now.to_rfc3339(), now)
         })
     }
 
@@ -247,7 +253,7 @@ where
     async fn backfill(&self) -> Result<(), SyncError> {
         let synced_at = self
             .db
-            .with(|s| s.kv_get(&synced_key(&self.key)))?
+            .with(|s| s.kv_get(&synced_key(&self.cursor)))?
             .and_then(|t| DateTime::parse_from_rfc3339(&t).ok())
             .map(|t| t.with_timezone(&Utc));
         let mut after =
@@ -318,10 +324,13 @@ where
             }
             let mut claimed = Vec::with_capacity(takes.len());
             for take in takes {
-                let won = self
-                    .claim(&take.fetched, &mut state)
-                    .instrument(take.span.clone())
-                    .await?;
+                // NOTE: mail for a task we dispatched is ours by the task in our store: no
+                // other daemon can route it, so it takes no claim (and no round trip).
+                let won = matches!(take.what, What::ForDispatcher { .. })
+                    || self
+                        .claim(&take.fetched, &mut state)
+                        .instrument(take.span.clone())
+                        .await?;
                 if won {
                     claimed.push(take);
                 } else {
@@ -457,6 +466,18 @@ where
             return Ok(None);
         }
         let classified = classify(&fetched.inbound);
+        if let Some(task_id) = self.dispatcher_task_of(&classified)? {
+            return self.screen_for_dispatcher(fetched, task_id, &classified, span);
+        }
+        if !self.worker {
+            // NOTE: a dispatcher-only pipeline leaves everything else unmarked: a worker
+            // daemon of the account reads it from its own cursor.
+            tracing::debug!(
+                kind = classified.kind(),
+                "not for the dispatcher; left alone"
+            );
+            return Ok(None);
+        }
         let mut context = None;
         let (kind_intent, what) = match &classified {
             Classified::Aamp(parsed) => {
@@ -626,7 +647,7 @@ where
                 now,
             )?;
             if let Some(rendered) = &answer {
-                outbound::enqueue(s, &self.account, &self.key, rendered, false, now)?;
+                outbound::enqueue(s, &self.account, &self.key, rendered, None, now)?;
             }
             Ok(())
         })?;

@@ -15,6 +15,11 @@
 //!   -> SMTP submission with retries and dead letters.
 //! - [`gate`]: the sender policy, behind the [`gate::Gate`] trait where the full trust gate
 //!   (authentication verdicts, pairing) plugs in later.
+//! - [`dispatcher`]: the dispatcher side: tasks this account sent (`taskmail dispatch`,
+//!   `answer`, `cancel`), and the acks, help requests, results, cancels and human replies
+//!   that come back for them, routed by the same pipeline (worker daemon or the
+//!   dispatcher-only [`dispatcher::follow`]).
+//! - [`status`]: who serves an account (the lock file) and its push status, for `doctor`.
 //! - [`events`]: what happened, for `taskmail run --json` and tests.
 //! - [`queue`], [`runner`]: the run queue and the agent runner.
 //!
@@ -54,12 +59,14 @@
 //! outbox gets a last pass.
 
 pub(crate) mod context;
+pub mod dispatcher;
 pub mod events;
 pub mod gate;
 pub mod inbound;
 pub mod outbound;
 pub mod queue;
 pub mod runner;
+pub mod status;
 pub mod worker;
 
 #[cfg(test)]
@@ -201,12 +208,15 @@ pub enum DaemonError {
     #[error("cannot use the retry delays")]
     Backoff(#[from] BackoffError),
     /// Another daemon already serves this account from this state dir.
-    #[error("cannot serve account '{account}': another taskmail daemon holds '{}'", .path.display())]
+    #[error("cannot serve account '{account}': {holder} holds '{}'", .path.display())]
     Locked {
         /// The account.
         account: String,
         /// The lock file.
         path: std::path::PathBuf,
+        /// Who holds it (`taskmail run (pid 42)`, `taskmail dispatch --wait (pid 7)`, or
+        /// `another taskmail daemon`).
+        holder: String,
     },
     /// The lock file could not be created.
     #[error("cannot create the lock file '{}'", .path.display())]
@@ -275,6 +285,13 @@ pub(crate) struct Core<M, S, A> {
     pub(crate) account: Account,
     /// The store key of the account (its config name).
     pub(crate) key: String,
+    /// Whether worker-side mail (dispatches, cancels, replies and plain mail for a worker
+    /// task) is served. False in a dispatcher-only pipeline ([`dispatcher::follow`]), which
+    /// leaves such mail unmarked for a worker daemon of the account.
+    pub(crate) worker: bool,
+    /// The store key of the JMAP cursor: the account for the worker daemon, its own key for a
+    /// dispatcher-only pipeline (so that it never moves the worker's cursor past mail it left).
+    pub(crate) cursor: String,
     pub(crate) settings: Settings,
     pub(crate) mail: Arc<M>,
     pub(crate) submit: Arc<S>,
@@ -318,7 +335,8 @@ impl<M, S, A> Core<M, S, A> {
     pub(crate) fn prune(&self) {
         let now = self.now();
         match self.db.with(|s| {
-            let contexts = context::prune(s, &self.key, now)?;
+            let contexts =
+                context::prune(s, &self.key, now)? + dispatcher::prune_records(s, &self.key, now)?;
             let report = s.prune(now)?;
             Ok((contexts, report))
         }) {
@@ -339,9 +357,18 @@ impl<M, S, A> Core<M, S, A> {
 }
 
 /// Takes `<state-dir>/worker-<account>.lock` (an advisory file lock, released when the file
-/// is closed, by the kernel if the process dies).
-fn lock(state_dir: &std::path::Path, account: &str) -> Result<std::fs::File, DaemonError> {
-    let path = state_dir.join(format!("worker-{account}.lock"));
+/// is closed, by the kernel if the process dies) and writes `<pid> <holder>` into it, so that
+/// others can say who serves the account ([`status::lock_holder`]). `holder` is `run` for the
+/// worker daemon, `dispatch` for a `taskmail dispatch --wait` pipeline.
+pub(crate) fn lock(
+    state_dir: &std::path::Path,
+    account: &str,
+    holder: &str,
+) -> Result<std::fs::File, DaemonError> {
+    let path = status::lock_path(state_dir, account);
+    if let Some(parent) = path.parent() {
+        let _ = std::fs::create_dir_all(parent);
+    }
     let file = std::fs::OpenOptions::new()
         .create(true)
         .truncate(false)
@@ -352,9 +379,14 @@ fn lock(state_dir: &std::path::Path, account: &str) -> Result<std::fs::File, Dae
             source,
         })?;
     match file.try_lock() {
-        Ok(()) => Ok(file),
+        Ok(()) => {
+            status::write_holder(&file, holder);
+            Ok(file)
+        }
         Err(std::fs::TryLockError::WouldBlock) => Err(DaemonError::Locked {
             account: account.to_owned(),
+            holder: status::lock_holder(state_dir, account)
+                .map_or_else(|| "another taskmail daemon".to_owned(), |h| h.describe()),
             path,
         }),
         Err(std::fs::TryLockError::Error(source)) => Err(DaemonError::Lock { path, source }),
@@ -399,7 +431,7 @@ where
         clock,
         account,
         gate,
-        push_status: _,
+        push_status,
     } = deps;
     let name = account.unwrap_or_else(|| config.worker().account.clone());
     let account = config
@@ -409,7 +441,7 @@ where
     let store = Store::open(&config.state_dir().join(crate::store::FILE_NAME))?;
     // NOTE: one daemon per account and state dir: the restart rule takes every `running` task
     // of the account for an interrupted one. The lock goes with this future (a crash frees it).
-    let _lock = lock(config.state_dir(), &name)?;
+    let _lock = lock(config.state_dir(), &name, "run")?;
     let inbox_id = mail.inbox_id().await?;
     let gate = gate.unwrap_or_else(|| Arc::new(SenderPolicy::from_config(config, &name)));
     let worker = config.worker();
@@ -420,6 +452,8 @@ where
     }
     let core = Arc::new(Core {
         key: name.clone(),
+        worker: true,
+        cursor: name.clone(),
         settings: Settings {
             on_cancel: worker.on_cancel,
             on_refused: config.trust().on_refused,
@@ -452,6 +486,14 @@ where
         side.spawn(future);
     }
     side.spawn(prune_periodically(Arc::clone(&core)));
+    if let Some(push_status) = push_status {
+        side.spawn(status::record_push_status(
+            core.db.clone(),
+            core.key.clone(),
+            push_status,
+            Arc::clone(&core.clock),
+        ));
+    }
     let (stop_outbox, outbox_stopped) = watch::channel(false);
     let mut drainer = JoinSet::new();
     drainer.spawn(outbound::drain(Arc::clone(&core), outbox_stopped));

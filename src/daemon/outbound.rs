@@ -197,15 +197,17 @@ fn plain_text(message: &AampMessage) -> String {
     }
 }
 
-/// Puts a rendered message in the outbox and its Message-ID in the task's thread (module docs,
-/// step 2). Call inside the transaction of the state change it reports. `indexed = false` for
-/// messages outside any stored task (a neutral refusal).
+/// Puts a rendered message in the outbox and its Message-ID in the thread of the task's `role`
+/// side (module docs, step 2): [`Role::Worker`] for the worker's replies,
+/// [`Role::Dispatcher`] for dispatches, answers and cancels. Call inside the transaction of the
+/// state change it reports. `index = None` for messages outside any stored task (a neutral
+/// refusal).
 pub(crate) fn enqueue(
     store: &Store,
     account: &Account,
     key: &str,
     rendered: &Rendered,
-    indexed: bool,
+    index: Option<Role>,
     now: DateTime<Utc>,
 ) -> Result<(), StoreError> {
     store.outbox_put(
@@ -220,11 +222,11 @@ pub(crate) fn enqueue(
         },
         now,
     )?;
-    if indexed {
+    if let Some(role) = index {
         store.index_message(
             key,
             &rendered.task_id,
-            Role::Worker,
+            role,
             &ThreadEntry {
                 message_id: rendered.message_id.clone(),
                 intent: rendered.intent.to_owned(),
@@ -236,14 +238,15 @@ pub(crate) fn enqueue(
     Ok(())
 }
 
-/// The Message-IDs of a task's thread, oldest first.
+/// The Message-IDs of the thread of a task's `role` side, oldest first.
 pub(crate) fn thread_ids(
     store: &Store,
     key: &str,
     task_id: &TaskId,
+    role: Role,
 ) -> Result<Vec<String>, StoreError> {
     Ok(store
-        .thread(key, task_id, Role::Worker)?
+        .thread(key, task_id, role)?
         .into_iter()
         .map(|entry| entry.message_id)
         .collect())

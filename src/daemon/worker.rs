@@ -189,15 +189,15 @@ where
 {
     /// The JMAP state to start from: the saved one, or (first start) the current one.
     pub(crate) async fn start_state(&self) -> Result<String, DaemonError> {
-        if let Some(state) = self.db.with(|s| s.jmap_state(&self.key))? {
+        if let Some(state) = self.db.with(|s| s.jmap_state(&self.cursor))? {
             return Ok(state);
         }
         let state = self.mail.state().await?;
         let now = self.now();
         self.db.atomically(|s| {
-            s.set_jmap_state(&self.key, &state, now)?;
+            s.set_jmap_state(&self.cursor, &state, now)?;
             s.kv_set(
-                &format!("inbound-synced-at/{}", self.key),
+                &format!("inbound-synced-at/{}", self.cursor),
                 &now.to_rfc3339(),
                 now,
             )
@@ -334,7 +334,7 @@ where
         attachments: Vec<Attachment>,
         now: DateTime<Utc>,
     ) -> Result<String, StoreError> {
-        let thread = outbound::thread_ids(s, &self.key, &task.task_id)?;
+        let thread = outbound::thread_ids(s, &self.key, &task.task_id, Role::Worker)?;
         let rendered = outbound::render(
             Reply {
                 account: &self.account,
@@ -348,7 +348,14 @@ where
             },
             now,
         );
-        outbound::enqueue(s, &self.account, &self.key, &rendered, true, now)?;
+        outbound::enqueue(
+            s,
+            &self.account,
+            &self.key,
+            &rendered,
+            Some(Role::Worker),
+            now,
+        )?;
         Ok(rendered.message_id)
     }
 
@@ -361,6 +368,10 @@ where
         {
             self.ignore(&take.fetched, "ignored:duplicate", None)?;
             return Ok(());
+        }
+        if let What::ForDispatcher { task_id } = &take.what {
+            let task_id = task_id.clone();
+            return Ok(self.route_for_dispatcher(&take, &task_id)?);
         }
         let classified = classify(&take.fetched.inbound);
         let committed = match (&take.what, classified) {

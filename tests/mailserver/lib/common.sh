@@ -138,11 +138,16 @@ wait_ports() {
     deadline=$(( $(date +%s) + secs ))
     for p in "$@"; do
         until port_open "$p"; do
-            [ -n "$pidfile" ] && ! pid_alive "$pidfile" "$cmd" && return 1
+            # NOTE: only "the process is gone" ends the wait early; its command line is not
+            # checked here, because right after the fork it still reads "bash" until the exec
+            # (a race that made a restart fail now and then).
+            [ -n "$pidfile" ] && ! pid_alive "$pidfile" && return 1
             [ "$(date +%s)" -ge "$deadline" ] && { log "port $HOST:$p not listening after ${secs}s"; return 1; }
             sleep 0.1
         done
     done
+    # the ports are up: they must be served by the process we started
+    [ -z "$pidfile" ] || pid_alive "$pidfile" "$cmd"
 }
 
 # port_free_or_die PORT WHAT: refuse to start when something else already holds the port.
