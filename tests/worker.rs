@@ -612,6 +612,7 @@ async fn echo_worker_dispatch_help_expiry_size_refusal_and_plain_mail() {
             big_body(&worker, &dispatcher, &token),
             refused(&worker, &dispatcher, &outsider, &token),
             plain(&worker, &dispatcher, &token),
+            plain_by_mutt(&server, &worker, &dispatcher, &token),
         );
         eprintln!(
             "{}: echo cases done in {} ms",
@@ -919,6 +920,61 @@ async fn plain(worker: &Worker, dispatcher: &Mailer, token: &str) {
             .iter()
             .all(|g| g.intent() == Some("task.result")),
         "no ack for plain mail"
+    );
+}
+
+/// A person writes a new plain mail in mutt (no X-AAMP headers, no thread): it runs as a task
+/// and the answer comes back as a readable reply threaded under that mail.
+async fn plain_by_mutt(server: &Server, worker: &Worker, dispatcher: &Mailer, token: &str) {
+    let missing = support::mutt::Mutt::missing_tools();
+    assert!(
+        missing.is_empty(),
+        "{}: the plain-mail case needs {missing:?} ({})",
+        worker.label,
+        support::mutt::INSTALL_HINT
+    );
+    let subject = format!("Echo this for me {token}");
+    let text = format!("Hello agent, please echo {token}-mutt back to me.\n\nThanks");
+    let (srv, who, to, subj, body) = (
+        server.clone(),
+        server.account("dispatcher"),
+        dispatcher.worker.clone(),
+        subject.clone(),
+        text.clone(),
+    );
+    tokio::task::spawn_blocking(move || {
+        support::mutt::Mutt::new(&srv, &who).compose(&to, &subj, &body)
+    })
+    .await
+    .unwrap();
+    let reply_subject = format!("Re: {subject}");
+    let result = dispatcher
+        .wait(&format!("the reply to the plain mail '{subject}'"), |g| {
+            g.fetched.inbound.subject.as_deref() == Some(reply_subject.as_str())
+        })
+        .await;
+    assert_eq!(result.intent(), Some("task.result"), "{}", worker.label);
+    assert_eq!(
+        result.fetched.inbound.in_reply_to.len(),
+        1,
+        "{}: threaded under the person's mail",
+        worker.label
+    );
+    let task_id = taskmail::daemon::worker::plain_task_id(&result.fetched.inbound.in_reply_to[0]);
+    assert_eq!(
+        result.message.as_ref().map(|m| m.task_id.as_str()),
+        Some(task_id.as_str()),
+        "{}: the task id derives from the person's Message-ID",
+        worker.label
+    );
+    let reply = result.text();
+    assert!(
+        reply.contains(&format!("please echo {token}-mutt back")),
+        "{reply}"
+    );
+    assert!(
+        !reply.contains("AAMP Task Result"),
+        "a readable reply: {reply}"
     );
 }
 
