@@ -12,8 +12,8 @@ use serde_json::json;
 use super::Exit;
 use super::output;
 use crate::wire::aamp::{
-    AampMessage, Dispatch, DispatchContext, HelpNeeded, Intent, Payload, Priority, Status, TaskId,
-    TaskResult, parse_instant,
+    AampMessage, Dispatch, DispatchContext, HelpNeeded, Intent, PairRequest, PairRespond, Payload,
+    Priority, Status, TaskId, TaskResult, parse_instant,
 };
 use crate::wire::message::{Attachment, Mailbox, Outbound};
 use crate::wire::thread;
@@ -32,8 +32,86 @@ pub enum RenderCommand {
     Cancel(CancelArgs),
     /// A task.ack.
     Ack(AckArgs),
+    /// A task.stream.opened.
+    Stream(StreamArgs),
+    /// A pair.request (asks a mailbox to accept tasks from us, with a pair code).
+    PairRequest(PairRequestArgs),
+    /// A pair.respond.
+    PairRespond(PairRespondArgs),
+    /// A card.query (asks an agent for its capability card).
+    CardQuery(CardQueryArgs),
+    /// A card.response.
+    CardResponse(CardResponseArgs),
     /// An ASMTP envelope (agent-to-agent message).
     Envelope(EnvelopeArgs),
+}
+
+/// Flags of `render stream`.
+#[derive(Debug, Args)]
+pub struct StreamArgs {
+    #[command(flatten)]
+    pub common: Common,
+    #[arg(long)]
+    pub task_id: Option<String>,
+    /// The stream id.
+    #[arg(long)]
+    pub stream_id: Option<String>,
+}
+
+/// Flags of `render pair-request`.
+#[derive(Debug, Args)]
+pub struct PairRequestArgs {
+    #[command(flatten)]
+    pub common: Common,
+    #[arg(long)]
+    pub task_id: Option<String>,
+    /// The pair code from the `aamp://connect?...` URL.
+    #[arg(long)]
+    pub pair_code: Option<String>,
+    /// Dispatch-Context rules as JSON: `{"key": ["allowed", "values"]}`.
+    #[arg(long)]
+    pub rules: Option<String>,
+}
+
+/// Flags of `render pair-respond`.
+#[derive(Debug, Args)]
+pub struct PairRespondArgs {
+    #[command(flatten)]
+    pub common: Common,
+    #[arg(long)]
+    pub task_id: Option<String>,
+    /// completed or rejected.
+    #[arg(long)]
+    pub status: Option<String>,
+    #[arg(long)]
+    pub error: Option<String>,
+}
+
+/// Flags of `render card-query`.
+#[derive(Debug, Args)]
+pub struct CardQueryArgs {
+    #[command(flatten)]
+    pub common: Common,
+    #[arg(long)]
+    pub task_id: Option<String>,
+    /// The question (a default sentence when empty).
+    #[arg(long)]
+    pub text: Option<String>,
+}
+
+/// Flags of `render card-response`.
+#[derive(Debug, Args)]
+pub struct CardResponseArgs {
+    #[command(flatten)]
+    pub common: Common,
+    #[arg(long)]
+    pub task_id: Option<String>,
+    /// One-line summary (the Subject and X-AAMP-Card-Summary).
+    #[arg(long)]
+    pub summary: Option<String>,
+    /// The card itself (markdown), the body.
+    #[arg(long)]
+    pub card: Option<String>,
 }
 
 /// Flags of `render envelope`.
@@ -417,6 +495,102 @@ impl RenderCommand {
                 let input = load_input(&a.common, Intent::TaskAck)?;
                 let task_id = task_id_or(a.task_id, input.as_ref(), false)?;
                 (a.common, (input, AampMessage::new(task_id, Payload::Ack)))
+            }
+            RenderCommand::Stream(a) => {
+                let input = load_input(&a.common, Intent::TaskStreamOpened)?;
+                let mut stream_id = match input.as_ref().map(|i| &i.1.payload) {
+                    Some(Payload::StreamOpened { stream_id }) => stream_id.clone(),
+                    _ => String::new(),
+                };
+                set(&mut stream_id, a.stream_id);
+                if stream_id.trim().is_empty() {
+                    bail!("cannot render a task.stream.opened without --stream-id");
+                }
+                let task_id = task_id_or(a.task_id, input.as_ref(), false)?;
+                let payload = Payload::StreamOpened { stream_id };
+                (a.common, (input, AampMessage::new(task_id, payload)))
+            }
+            RenderCommand::PairRequest(a) => {
+                let input = load_input(&a.common, Intent::PairRequest)?;
+                let mut p = match input.as_ref().map(|i| &i.1.payload) {
+                    Some(Payload::PairRequest(p)) => p.clone(),
+                    _ => PairRequest::default(),
+                };
+                set(&mut p.pair_code, a.pair_code);
+                if p.pair_code.is_empty()
+                    || !p
+                        .pair_code
+                        .bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+                {
+                    bail!(
+                        "cannot use --pair-code '{}': a pair code is base64url ([A-Za-z0-9_-])",
+                        p.pair_code
+                    );
+                }
+                if let Some(r) = a.rules {
+                    p.dispatch_context_rules = serde_json::from_str(&r).with_context(|| {
+                        format!("cannot use --rules '{r}': write {{\"key\": [\"value\", ...]}}")
+                    })?;
+                }
+                let task_id = task_id_or(a.task_id, input.as_ref(), true)?;
+                (
+                    a.common,
+                    (input, AampMessage::new(task_id, Payload::PairRequest(p))),
+                )
+            }
+            RenderCommand::PairRespond(a) => {
+                let input = load_input(&a.common, Intent::PairRespond)?;
+                let mut p = match input.as_ref().map(|i| &i.1.payload) {
+                    Some(Payload::PairRespond(p)) => p.clone(),
+                    _ => PairRespond::default(),
+                };
+                if let Some(s) = a.status {
+                    p.status = Status::parse(&s).with_context(|| {
+                        format!("cannot use --status '{s}': use completed or rejected")
+                    })?;
+                }
+                if a.error.is_some() {
+                    p.error_msg = a.error;
+                }
+                let task_id = task_id_or(a.task_id, input.as_ref(), false)?;
+                (
+                    a.common,
+                    (input, AampMessage::new(task_id, Payload::PairRespond(p))),
+                )
+            }
+            RenderCommand::CardQuery(a) => {
+                let input = load_input(&a.common, Intent::CardQuery)?;
+                let mut text = match input.as_ref().map(|i| &i.1.payload) {
+                    Some(Payload::CardQuery { text }) => text.clone(),
+                    _ => String::new(),
+                };
+                set(&mut text, a.text);
+                let task_id = task_id_or(a.task_id, input.as_ref(), true)?;
+                (
+                    a.common,
+                    (
+                        input,
+                        AampMessage::new(task_id, Payload::CardQuery { text }),
+                    ),
+                )
+            }
+            RenderCommand::CardResponse(a) => {
+                let input = load_input(&a.common, Intent::CardResponse)?;
+                let (mut summary, mut card) = match input.as_ref().map(|i| &i.1.payload) {
+                    Some(Payload::CardResponse { summary, card }) => {
+                        (summary.clone(), card.clone())
+                    }
+                    _ => (String::new(), String::new()),
+                };
+                set(&mut summary, a.summary);
+                set(&mut card, a.card);
+                if summary.trim().is_empty() {
+                    bail!("cannot render a card.response without --summary");
+                }
+                let task_id = task_id_or(a.task_id, input.as_ref(), false)?;
+                let payload = Payload::CardResponse { summary, card };
+                (a.common, (input, AampMessage::new(task_id, payload)))
             }
         };
         let (input, message) = message;

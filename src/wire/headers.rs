@@ -168,22 +168,16 @@ pub fn write_base64url(out: &mut String, name: &str, value: &str) {
         chunks.push(&rest[..take]);
         rest = &rest[take..];
     }
-    // folds = chunks - 1 must be even; split the last chunk in two if it is odd.
+    // folds = chunks - 1 must be even: when it is odd, cut the last two chunks into three
+    // balanced ones (one more fold, no stub lines).
     if (chunks.len() - 1) % 2 == 1 {
         let last = chunks.pop().unwrap_or_default();
-        if last.len() >= 2 {
-            let mid = last.len() / 2;
-            chunks.push(&last[..mid]);
-            chunks.push(&last[mid..]);
-        } else {
-            // A one-octet tail: cut the last two chunks into three instead.
-            let prev = chunks.pop().unwrap_or_default();
-            let tail = &value[value.len() - prev.len() - last.len()..];
-            let third = tail.len() / 3;
-            chunks.push(&tail[..third]);
-            chunks.push(&tail[third..2 * third]);
-            chunks.push(&tail[2 * third..]);
-        }
+        let prev = chunks.pop().unwrap_or_default();
+        let tail = &value[value.len() - prev.len() - last.len()..];
+        let third = tail.len() / 3;
+        chunks.push(&tail[..third]);
+        chunks.push(&tail[third..2 * third]);
+        chunks.push(&tail[2 * third..]);
     }
     for (i, chunk) in chunks.iter().enumerate() {
         if i > 0 {
