@@ -15,10 +15,13 @@
 use std::fmt;
 use std::time::Duration;
 
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
 use lettre::address::{Address, Envelope};
-use lettre::transport::smtp::authentication::Credentials;
-use lettre::transport::smtp::{AsyncSmtpTransport, PoolConfig};
-use lettre::{AsyncTransport as _, Tokio1Executor};
+use lettre::transport::smtp::authentication::{Credentials, Mechanism};
+use lettre::transport::smtp::client::{AsyncSmtpConnection, TlsParameters};
+use lettre::transport::smtp::extension::ClientId;
 
 use super::{Backoff, SmtpEnvelope, Submit};
 use crate::config::{Account, SecretError, SmtpTls};
@@ -252,13 +255,35 @@ impl SmtpSettings {
     }
 }
 
-/// SMTP submission for one account: a lettre connection pool plus retry and classification.
+/// SMTP submission for one account: pooled lettre connections plus retry and classification.
+///
+/// NOTE: the pool is ours rather than lettre's `AsyncSmtpTransport` pool, because lettre
+/// connects without `TCP_NODELAY` and writes a message's final `CRLF.CRLF` in a write of its
+/// own: Nagle's algorithm then holds that write until the server's delayed ACK (40 ms on Linux),
+/// so every message cost ~44 ms on loopback against ~2 ms for the same submission with
+/// `TCP_NODELAY` (measured on both test servers). We open the TCP stream, set `TCP_NODELAY`, and
+/// hand it to lettre's connection for the protocol (EHLO, STARTTLS, AUTH, MAIL/RCPT/DATA).
 #[derive(Clone)]
 pub struct SmtpSubmit {
-    transport: AsyncSmtpTransport<Tokio1Executor>,
+    inner: Arc<Inner>,
     endpoint: String,
     retry: RetryPolicy,
 }
+
+struct Inner {
+    host: String,
+    port: u16,
+    tls: SmtpTls,
+    tls_parameters: Option<TlsParameters>,
+    timeout: Duration,
+    credentials: Credentials,
+    hello: ClientId,
+    pool_size: usize,
+    idle: Mutex<Vec<(AsyncSmtpConnection, Instant)>>,
+}
+
+/// A pooled connection idle for longer than this is checked with NOOP before it is reused.
+const IDLE_CHECK: Duration = Duration::from_secs(30);
 
 impl fmt::Debug for SmtpSubmit {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -273,31 +298,31 @@ impl SmtpSubmit {
     /// Builds the transport; connects lazily, on the first send.
     pub fn new(settings: SmtpSettings) -> Result<SmtpSubmit, SendError> {
         let endpoint = settings.endpoint();
-        let builder = match settings.tls {
-            SmtpTls::Starttls => {
-                AsyncSmtpTransport::<Tokio1Executor>::starttls_relay(&settings.host)
-            }
-            SmtpTls::Implicit => AsyncSmtpTransport::<Tokio1Executor>::relay(&settings.host),
+        let tls_parameters = match settings.tls {
             // NOTE: config validation allows plaintext only to this machine, and only with
             // allow-plaintext = true.
-            SmtpTls::Plaintext => Ok(AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous(
-                &settings.host,
-            )),
-        }
-        .map_err(|e| SendError::Failed {
-            endpoint: endpoint.clone(),
-            source: Box::new(e),
-        })?;
-        let transport = builder
-            .port(settings.port)
-            .timeout(Some(settings.timeout))
-            .credentials(Credentials::new(settings.login, settings.password))
-            .pool_config(PoolConfig::new().max_size(u32::from(settings.pool_size.max(1))))
-            .build();
+            SmtpTls::Plaintext => None,
+            SmtpTls::Starttls | SmtpTls::Implicit => Some(
+                TlsParameters::new(settings.host.clone()).map_err(|e| SendError::Failed {
+                    endpoint: endpoint.clone(),
+                    source: Box::new(e),
+                })?,
+            ),
+        };
         let mut retry = settings.retry;
         retry.attempts = retry.attempts.max(1);
         Ok(SmtpSubmit {
-            transport,
+            inner: Arc::new(Inner {
+                host: settings.host,
+                port: settings.port,
+                tls: settings.tls,
+                tls_parameters,
+                timeout: settings.timeout,
+                credentials: Credentials::new(settings.login, settings.password),
+                hello: ClientId::default(),
+                pool_size: usize::from(settings.pool_size.max(1)),
+                idle: Mutex::new(Vec::new()),
+            }),
             endpoint,
             retry,
         })
@@ -316,29 +341,145 @@ impl SmtpSubmit {
     /// Connects, greets, upgrades to TLS and logs in, without sending anything (for
     /// `taskmail doctor`). No retries.
     pub async fn check(&self) -> Result<(), SendError> {
-        match self.transport.test_connection().await {
-            Ok(true) => Ok(()),
-            Ok(false) => Err(SendError::Temporary {
-                endpoint: self.endpoint.clone(),
-                status: None,
-                attempts: 1,
-                source: "the connection did not answer NOOP".into(),
-            }),
-            Err(e) => Err(classify(&self.endpoint, e, 1)),
-        }
+        let mut conn = self.connect().await?;
+        let _ = conn.quit().await;
+        Ok(())
     }
 
     /// Closes pooled connections.
     pub async fn shutdown(&self) {
-        self.transport.shutdown().await;
+        let idle = match self.inner.idle.lock() {
+            Ok(mut idle) => std::mem::take(&mut *idle),
+            Err(poisoned) => std::mem::take(&mut *poisoned.into_inner()),
+        };
+        for (mut conn, _) in idle {
+            let _ = conn.quit().await;
+        }
+    }
+
+    /// A fresh, logged-in connection.
+    async fn connect(&self) -> Result<AsyncSmtpConnection, SendError> {
+        let inner = &self.inner;
+        let connected = match inner.tls {
+            SmtpTls::Implicit => {
+                // NOTE: with implicit TLS the handshake comes before EHLO, which lettre does
+                // only on streams it opens itself; these connections go without TCP_NODELAY.
+                AsyncSmtpConnection::connect_tokio1(
+                    (inner.host.as_str(), inner.port),
+                    Some(inner.timeout),
+                    &inner.hello,
+                    inner.tls_parameters.clone(),
+                    None,
+                )
+                .await
+            }
+            SmtpTls::Plaintext | SmtpTls::Starttls => {
+                let tcp = self.tcp().await?;
+                match AsyncSmtpConnection::connect_with_transport(Box::new(tcp), &inner.hello).await
+                {
+                    Ok(mut conn) => match &inner.tls_parameters {
+                        Some(params) => conn
+                            .starttls(params.clone(), &inner.hello)
+                            .await
+                            .map(|()| conn),
+                        None => Ok(conn),
+                    },
+                    Err(e) => Err(e),
+                }
+            }
+        };
+        let mut conn = connected.map_err(|e| classify(&self.endpoint, e, 1))?;
+        conn.auth(&[Mechanism::Plain, Mechanism::Login], &inner.credentials)
+            .await
+            .map_err(|e| classify(&self.endpoint, e, 1))?;
+        Ok(conn)
+    }
+
+    async fn tcp(&self) -> Result<tokio::net::TcpStream, SendError> {
+        let inner = &self.inner;
+        let unreachable = |source: std::io::Error| {
+            use std::io::ErrorKind as K;
+            match source.kind() {
+                K::ConnectionRefused
+                | K::HostUnreachable
+                | K::NetworkUnreachable
+                | K::AddrNotAvailable => SendError::Unreachable {
+                    endpoint: self.endpoint.clone(),
+                    attempts: 1,
+                    source: Box::new(source),
+                },
+                _ => SendError::Temporary {
+                    endpoint: self.endpoint.clone(),
+                    status: None,
+                    attempts: 1,
+                    source: Box::new(source),
+                },
+            }
+        };
+        let connect = tokio::net::TcpStream::connect((inner.host.as_str(), inner.port));
+        let tcp = match tokio::time::timeout(inner.timeout, connect).await {
+            Ok(Ok(tcp)) => tcp,
+            Ok(Err(e)) => return Err(unreachable(e)),
+            Err(_) => {
+                return Err(unreachable(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    "connection timed out",
+                )));
+            }
+        };
+        tcp.set_nodelay(true).map_err(unreachable)?;
+        Ok(tcp)
+    }
+
+    /// An idle pooled connection that still answers, or a new one.
+    async fn checkout(&self) -> Result<AsyncSmtpConnection, SendError> {
+        loop {
+            let candidate = match self.inner.idle.lock() {
+                Ok(mut idle) => idle.pop(),
+                Err(poisoned) => poisoned.into_inner().pop(),
+            };
+            let Some((mut conn, since)) = candidate else {
+                return self.connect().await;
+            };
+            if since.elapsed() < IDLE_CHECK || conn.test_connected().await {
+                return Ok(conn);
+            }
+            conn.abort().await;
+        }
+    }
+
+    fn checkin(&self, conn: AsyncSmtpConnection) {
+        let mut idle = match self.inner.idle.lock() {
+            Ok(idle) => idle,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        if idle.len() < self.inner.pool_size {
+            idle.push((conn, Instant::now()));
+        }
     }
 
     async fn send_once(&self, envelope: &Envelope, bytes: &[u8]) -> Result<(), SendError> {
-        self.transport
-            .send_raw(envelope, bytes)
-            .await
-            .map(|_| ())
-            .map_err(|e| classify(&self.endpoint, e, 1))
+        let mut conn = self.checkout().await?;
+        match tokio::time::timeout(self.inner.timeout, conn.send(envelope, bytes)).await {
+            Ok(Ok(_)) => {
+                self.checkin(conn);
+                Ok(())
+            }
+            Ok(Err(e)) => {
+                // NOTE: after any error the session's state is unknown: never reuse it.
+                conn.abort().await;
+                Err(classify(&self.endpoint, e, 1))
+            }
+            Err(_) => {
+                conn.abort().await;
+                Err(SendError::Temporary {
+                    endpoint: self.endpoint.clone(),
+                    status: None,
+                    attempts: 1,
+                    source: format!("no answer within {:?}", self.inner.timeout).into(),
+                })
+            }
+        }
     }
 }
 
