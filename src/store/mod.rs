@@ -165,10 +165,7 @@ impl Store {
         let open = |path: &Path| -> rusqlite::Result<Connection> {
             let conn = Connection::open(path)?;
             conn.busy_timeout(BUSY_TIMEOUT)?;
-            // NOTE: journal_mode answers with the mode in force; a file system without shared
-            // memory support stays in rollback mode, which is slower but still correct.
-            let _mode: String =
-                conn.pragma_update_and_check(None, "journal_mode", "WAL", |row| row.get(0))?;
+            set_wal(&conn)?;
             configure(&conn)?;
             Ok(conn)
         };
@@ -434,6 +431,35 @@ impl Drop for WriteScope<'_> {
 }
 
 /// Sets the per-connection pragmas (every open).
+/// Puts the file in WAL mode (persistent: later opens find it set and take no lock for it).
+///
+/// NOTE: switching modes needs an exclusive lock, and SQLite answers SQLITE_BUSY to it at once,
+/// without the busy handler, when several processes open a new file together (seen with
+/// parallel `taskmail dispatch` processes): retry until BUSY_TIMEOUT. journal_mode answers with
+/// the mode in force; a file system without shared memory stays in rollback mode, which is
+/// slower but still correct.
+fn set_wal(conn: &Connection) -> rusqlite::Result<()> {
+    let current: String = conn.pragma_query_value(None, "journal_mode", |row| row.get(0))?;
+    if current.eq_ignore_ascii_case("wal") {
+        return Ok(());
+    }
+    let deadline = std::time::Instant::now() + BUSY_TIMEOUT;
+    loop {
+        match conn
+            .pragma_update_and_check(None, "journal_mode", "WAL", |row| row.get::<_, String>(0))
+        {
+            Ok(_) => return Ok(()),
+            Err(rusqlite::Error::SqliteFailure(e, _))
+                if e.code == rusqlite::ErrorCode::DatabaseBusy
+                    && std::time::Instant::now() < deadline =>
+            {
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
 fn configure(conn: &Connection) -> rusqlite::Result<()> {
     conn.pragma_update(None, "synchronous", "NORMAL")?;
     conn.pragma_update(None, "foreign_keys", "ON")?;

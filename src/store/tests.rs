@@ -1454,3 +1454,26 @@ fn stats_count_rows_and_bytes() {
             .contains("\"jmap_states\":1")
     );
 }
+
+/// Several processes opening a new store file together all succeed (switching to WAL needs an
+/// exclusive lock that SQLite refuses at once, without the busy handler, under contention).
+#[test]
+fn concurrent_first_opens_of_a_new_file_all_succeed() {
+    for round in 0..5 {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(format!("state-{round}/taskmail.sqlite3"));
+        let barrier = std::sync::Arc::new(std::sync::Barrier::new(8));
+        let handles: Vec<_> = (0..8)
+            .map(|_| {
+                let (path, barrier) = (path.clone(), barrier.clone());
+                std::thread::spawn(move || {
+                    barrier.wait();
+                    Store::open(&path).map(|_| ())
+                })
+            })
+            .collect();
+        for h in handles {
+            h.join().unwrap().unwrap();
+        }
+    }
+}
