@@ -7,11 +7,16 @@
 #             SMTP, submission, IMAP, JMAP with push over EventSource and WebSocket
 #   cyrus     Cyrus IMAP 3.6 + Postfix 3.7 (Debian packages): submission with SASL AUTH, LMTP
 #             delivery, IMAP, JMAP without push, Xapian search
-# Accounts dispatcher, worker, worker2, human, outsider @example.test, one password.
+#   dns       dnsmasq (Debian's dnsmasq-base) on 127.0.0.1:1053, started with Stalwart: SPF, DKIM
+#             and DMARC records of example.test and other.test for Stalwart's real mail
+#             authentication (STALWART_MAIL_AUTH=hairpin|local|off, see lib/common.sh)
+# Accounts dispatcher, worker, worker2, human, outsider @example.test, one password; on Stalwart
+# also agent, boss @other.test (a second local domain).
 #
 # Usage:
 #   mailserver.sh up stalwart|cyrus|all      install what is missing, (re)start, write the env file
-#   mailserver.sh stop [stalwart|cyrus|all]  stop what `up` started, by PID (default: all)
+#   mailserver.sh stop [stalwart|cyrus|all]  stop what `up` started, by PID (default: all);
+#                                            stopping Stalwart stops the DNS too
 #   mailserver.sh status
 #   mailserver.sh env [stalwart|cyrus]       print the env file path(s)
 #   mailserver.sh build stalwart [--bench]   build (or find in the cache) the Stalwart binary;
@@ -29,6 +34,8 @@ set -euo pipefail
 HARNESS_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 # shellcheck source=lib/common.sh
 . "$HARNESS_DIR/lib/common.sh"
+# shellcheck source=lib/dns.sh
+. "$HARNESS_DIR/lib/dns.sh"
 # shellcheck source=lib/stalwart.sh
 . "$HARNESS_DIR/lib/stalwart.sh"
 # shellcheck source=lib/cyrus.sh
@@ -70,7 +77,7 @@ case "$cmd" in
         # in parallel: each server takes a few seconds to shut down cleanly
         pids=""
         for s in $servers; do
-            if [ "$s" = stalwart ]; then stalwart_stop & else cyrus_stop & fi
+            if [ "$s" = stalwart ]; then { stalwart_stop; dns_stop; } & else cyrus_stop & fi
             pids="$pids $!"
         done
         rc=0
@@ -79,6 +86,7 @@ case "$cmd" in
         ;;
     status)
         stalwart_status
+        dns_status
         cyrus_status
         ;;
     env)
@@ -98,7 +106,12 @@ case "$cmd" in
         ;;
     install)
         for s in $(which_servers "${1:-}" all); do
-            if [ "$s" = stalwart ]; then apt_install curl; stalwart_build debug; else apt_install "${CY_PACKAGES[@]}"; fi
+            if [ "$s" = stalwart ]; then
+                apt_install curl "${DNS_PACKAGES[@]}"
+                stalwart_build debug
+            else
+                apt_install "${CY_PACKAGES[@]}"
+            fi
         done
         ;;
     -h|--help|help) usage ;;

@@ -105,6 +105,48 @@ impl Server {
         }
     }
 
+    /// The account `user@` the second local domain (`OTHER_DOMAIN`, `other.test`; `agent`,
+    /// `boss`), on servers that have one (Stalwart); `None` elsewhere.
+    pub(crate) fn other_account(&self, user: &str) -> Option<Account> {
+        let domain = self.other_domain()?;
+        let users = self.vars.get("OTHER_USERS")?;
+        assert!(
+            users.split_whitespace().any(|u| u == user),
+            "{}: no account '{user}@{domain}' in {} (OTHER_USERS={users:?})",
+            self.name,
+            self.env_file.display()
+        );
+        Some(Account {
+            email: format!("{user}@{domain}"),
+            password: self.password.clone(),
+        })
+    }
+
+    /// The second local domain (`OTHER_DOMAIN`), if the server has one.
+    pub(crate) fn other_domain(&self) -> Option<&str> {
+        self.var("OTHER_DOMAIN")
+    }
+
+    /// The authserv-id of the `Authentication-Results` this server adds (`AUTHSERV_ID`); `None`
+    /// when it adds none (Cyrus+Postfix, or Stalwart with `STALWART_MAIL_AUTH=off`).
+    pub(crate) fn authserv_id(&self) -> Option<&str> {
+        self.var("AUTHSERV_ID")
+    }
+
+    /// The server's mail-authentication mode (`MAIL_AUTH`: `hairpin`, `local`, `off`), `None`
+    /// for a server without one (Cyrus+Postfix).
+    pub(crate) fn mail_auth(&self) -> Option<&str> {
+        self.var("MAIL_AUTH")
+    }
+
+    /// A non-empty variable of the env file.
+    pub(crate) fn var(&self, key: &str) -> Option<&str> {
+        self.vars
+            .get(key)
+            .map(String::as_str)
+            .filter(|v| !v.is_empty())
+    }
+
     /// `name (version)`, for assertion messages and logs.
     pub(crate) fn label(&self) -> String {
         format!("{} ({})", self.name, self.version)

@@ -10,12 +10,38 @@ HOST=127.0.0.1
 MAIL_DOMAIN=${MAIL_DOMAIN:-example.test}
 MAIL_PASSWORD=${MAIL_PASSWORD:-test-password}
 MAIL_USERS=${MAIL_USERS:-"dispatcher worker worker2 human outsider"}
+# A second local domain with its own accounts (Stalwart only), same password.
+OTHER_DOMAIN=${OTHER_DOMAIN:-other.test}
+OTHER_USERS=${OTHER_USERS:-"agent boss"}
+
+# Mail authentication on Stalwart (STALWART_MAIL_AUTH):
+#   hairpin  (default) real SPF/DKIM/DMARC/ARC (not iprev) against the local DNS (lib/dns.sh):
+#            authenticated submissions are DKIM-signed and handed to the server's own MX port
+#            from the sending domain's address, so that they arrive verified like mail from
+#            another server
+#   local    the same checks and signing, but authenticated submissions to local accounts are
+#            delivered directly (as a single production Stalwart does: no Authentication-Results)
+#   off      no DNS, no checks, no signing (the harness before mail authentication)
+STALWART_MAIL_AUTH=${STALWART_MAIL_AUTH:-hairpin}
+# The local authoritative DNS (dnsmasq) on $HOST, UDP and TCP.
+DNS_PORT=${DNS_PORT:-1053}
+# Loopback source addresses of outbound mail per domain: the only addresses in each domain's
+# SPF record (test clients connect from 127.0.0.1, which is in no SPF record).
+MAIL_SENDER_IP=${MAIL_SENDER_IP:-127.0.0.2}
+OTHER_SENDER_IP=${OTHER_SENDER_IP:-127.0.0.3}
+# A domain not hosted here whose SPF record authorizes 127.0.0.1 (an attacker's own domain).
+FOREIGN_DOMAIN=${FOREIGN_DOMAIN:-elsewhere.test}
+# DKIM selectors of each domain; the name says the algorithm (ed25519* or else RSA-2048).
+DKIM_SELECTORS=${DKIM_SELECTORS:-"ed25519 rsa2048"}
 
 # Both servers run at the same time, each on its own ports.
 STALWART_SMTP_PORT=${STALWART_SMTP_PORT:-2525}
 STALWART_SUBMISSION_PORT=${STALWART_SUBMISSION_PORT:-5587}
 STALWART_IMAP_PORT=${STALWART_IMAP_PORT:-1143}
 STALWART_HTTP_PORT=${STALWART_HTTP_PORT:-8080}
+# A second MX port (no AUTH) where Stalwart enforces DMARC (`strict`: p=reject -> 550); the
+# main MX port only reports (`relaxed`), so that a spoof reaches the worker's trust gate.
+STALWART_SMTP_ENFORCE_PORT=${STALWART_SMTP_ENFORCE_PORT:-2527}
 CYRUS_SMTP_PORT=${CYRUS_SMTP_PORT:-2526}
 CYRUS_SUBMISSION_PORT=${CYRUS_SUBMISSION_PORT:-5588}
 CYRUS_IMAP_PORT=${CYRUS_IMAP_PORT:-1144}
