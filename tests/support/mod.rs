@@ -26,6 +26,7 @@
 // NOTE: every test binary uses a different part of this module.
 #![allow(dead_code)]
 
+pub(crate) mod daemon;
 pub(crate) mod http;
 pub(crate) mod jmap;
 pub(crate) mod mail;
