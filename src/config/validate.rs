@@ -1063,7 +1063,11 @@ impl Checker<'_> {
         let key = key.trim();
         let ok = key
             .strip_prefix("ed25519:")
-            .and_then(|b| base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(b).ok())
+            .and_then(|b| {
+                base64::engine::general_purpose::URL_SAFE_NO_PAD
+                    .decode(b)
+                    .ok()
+            })
             .is_some_and(|bytes| bytes.len() == 32);
         if ok {
             return Some(key.to_owned());

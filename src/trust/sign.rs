@@ -755,6 +755,57 @@ pub fn check_inbound(
     }
 }
 
+/// The signature demands of one local account, from the config: what the inbound pipeline
+/// asks right after the gate admitted a message.
+#[derive(Debug, Clone, Default)]
+pub struct InboundPolicy {
+    account: String,
+    grants: Vec<Grant>,
+    window: Duration,
+}
+
+impl InboundPolicy {
+    /// The grants of `account` in `config` and its `trust.transit-window`.
+    pub fn from_config(config: &crate::config::Config, account: &str) -> InboundPolicy {
+        InboundPolicy::new(
+            account,
+            config
+                .trust()
+                .grants
+                .iter()
+                .filter(|g| g.account == account)
+                .cloned()
+                .collect(),
+            config.trust().transit_window,
+        )
+    }
+
+    /// A policy from its parts.
+    pub fn new(account: &str, grants: Vec<Grant>, window: Duration) -> InboundPolicy {
+        InboundPolicy {
+            account: account.to_owned(),
+            grants,
+            window,
+        }
+    }
+
+    /// [`check_inbound`] for a message from `sender` (the lowercased header From), with the
+    /// key the message presents in `X-ASMTP-Key`, if any.
+    pub fn check(
+        &self,
+        inbound: &Inbound,
+        sender: &str,
+        now: DateTime<Utc>,
+    ) -> Result<Checked, SignatureError> {
+        let requirement = Requirement::of(&self.grants, &self.account, sender);
+        let presented = inbound.headers.get(PRESENTED_KEY_HEADER);
+        check_inbound(&requirement, inbound, presented, now, self.window)
+    }
+}
+
+/// The header a message may present its own public key in (the pairing header).
+pub const PRESENTED_KEY_HEADER: &str = "X-ASMTP-Key";
+
 fn shorten(text: &str) -> String {
     text.chars().take(80).collect()
 }
