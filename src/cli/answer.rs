@@ -82,10 +82,12 @@ impl AnswerCommand {
         let task =
             super::task::find_dispatched(&config, &store, &self.task_id, self.account.as_deref())?;
         let account = super::pick_account(&config, Some(&task.account), &task.account)?;
+        let signer = super::signer(&config, &account.name)?;
         let queued = dispatcher::enqueue_answer(
             &store,
             account,
             &account.name,
+            signer.as_ref(),
             &TaskId::new(task.task_id.as_str()),
             &text,
             crate::clock::now(),

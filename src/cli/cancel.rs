@@ -49,10 +49,12 @@ impl CancelCommand {
             super::task::find_dispatched(&config, &store, &self.task_id, self.account.as_deref())?;
         let account = super::pick_account(&config, Some(&task.account), &task.account)?;
         let task_id = TaskId::new(task.task_id.as_str());
+        let signer = super::signer(&config, &account.name)?;
         let cancelled = dispatcher::enqueue_cancel(
             &store,
             account,
             &account.name,
+            signer.as_ref(),
             &task_id,
             self.reason.as_deref().unwrap_or_default(),
             crate::clock::now(),

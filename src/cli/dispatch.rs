@@ -388,10 +388,12 @@ impl Session<'_> {
     }
 
     fn enqueue(&self, task_id: TaskId, new: NewDispatch) -> Result<Queued, Failure> {
+        let signer = super::signer(self.config, self.key())?;
         Ok(dispatcher::enqueue_dispatch(
             self.store,
             self.account,
             self.key(),
+            signer.as_ref(),
             task_id,
             new,
             crate::clock::now(),

@@ -13,6 +13,7 @@ pub mod cancel;
 pub mod config;
 pub mod dispatch;
 pub mod doctor;
+pub mod keys;
 pub mod listen;
 pub mod output;
 pub mod parse;
@@ -198,6 +199,19 @@ pub(crate) fn open_store(config: &crate::config::Config) -> Result<crate::store:
     )?)
 }
 
+/// The signing key of `account` (a config account name) for the mail a verb sends: its key
+/// file, unless `accounts.NAME.sign = false`; `None` when it has none.
+pub(crate) fn signer(
+    config: &crate::config::Config,
+    account: &str,
+) -> Result<Option<crate::trust::sign::SigningKey>, Failure> {
+    crate::trust::keys::signer(config, account).map_err(|e| {
+        Failure::of("config", &e, 2).detail(format!(
+            "fix the file's mode with chmod 600, or make a new key with: taskmail keys new --account {account} --force"
+        ))
+    })
+}
+
 /// A multi-threaded runtime for a verb that talks to servers.
 pub(crate) fn runtime() -> Result<tokio::runtime::Runtime, Failure> {
     tokio::runtime::Builder::new_multi_thread()
@@ -266,6 +280,9 @@ pub enum Command {
     /// Check the config, the state dir, SMTP, JMAP, push and the agent, with a fix for each
     /// problem.
     Doctor(doctor::DoctorCommand),
+    /// Make or show an account's agent signing key (X-ASMTP-Signature).
+    #[command(subcommand)]
+    Keys(keys::KeysCommand),
 }
 
 impl Cli {
@@ -295,6 +312,7 @@ impl Cli {
             Command::Doctor(c) => {
                 c.execute(self.global.config, &crate::config::Env::from_process())
             }
+            Command::Keys(c) => c.execute(self.global.config, &crate::config::Env::from_process()),
         }
     }
 }

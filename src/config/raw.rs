@@ -68,6 +68,8 @@ pub struct RawAccount {
     pub smtp: Option<RawSmtp>,
     /// `[accounts.NAME.jmap]`.
     pub jmap: Option<RawJmap>,
+    /// Sign outbound mail with the account's key when it has one (default true).
+    pub sign: Option<bool>,
 }
 
 /// `[accounts.NAME.smtp]`.
@@ -184,6 +186,8 @@ pub struct RawGrant {
     pub dispatch_context_rules: Option<BTreeMap<String, Vec<String>>>,
     /// Require an agent signature.
     pub require_signature: Option<bool>,
+    /// The peer's pinned public key, `ed25519:<base64url>`.
+    pub peer_key: Option<String>,
 }
 
 /// `[serve]`.

@@ -131,6 +131,9 @@ pub struct Account {
     pub smtp: Smtp,
     /// JMAP.
     pub jmap: Jmap,
+    /// Whether mail sent from this account is signed (`X-ASMTP-Signature`) with the key in
+    /// `<state-dir>/keys/<name>.key`, when that key exists.
+    pub sign: bool,
 }
 
 /// SMTP submission settings of one account.
@@ -254,6 +257,10 @@ pub struct Grant {
     pub dispatch_context_rules: BTreeMap<String, Vec<String>>,
     /// Whether the peer's mail must carry a valid `X-ASMTP-Signature`.
     pub require_signature: bool,
+    /// The peer's pinned Ed25519 public key, `ed25519:<base64url>` (checked to be 32 bytes of
+    /// base64url here; `trust::sign::PublicKey` reads it). A pinned key implies
+    /// `require_signature`: mail signed with another key, or unsigned, is refused.
+    pub peer_key: Option<String>,
 }
 
 /// The local operator API.

@@ -398,6 +398,7 @@ impl Checker<'_> {
             password: password?,
             smtp: smtp?,
             jmap: jmap?,
+            sign: raw.sign.unwrap_or(true),
         })
     }
 
@@ -1041,6 +1042,9 @@ impl Checker<'_> {
             }
             rules.insert(key, values);
         }
+        let peer_key = raw
+            .peer_key
+            .and_then(|key| self.peer_key(&join(path, "peer-key"), &key));
         Some(Grant {
             account,
             peer: peer?,
@@ -1049,7 +1053,31 @@ impl Checker<'_> {
             expires,
             dispatch_context_rules: rules,
             require_signature: raw.require_signature.unwrap_or(false),
+            peer_key,
         })
+    }
+
+    /// `peer-key`: `ed25519:` and the base64url (no padding) of 32 bytes, trimmed.
+    fn peer_key(&mut self, path: &str, key: &str) -> Option<String> {
+        use base64::Engine as _;
+        let key = key.trim();
+        let ok = key
+            .strip_prefix("ed25519:")
+            .and_then(|b| {
+                base64::engine::general_purpose::URL_SAFE_NO_PAD
+                    .decode(b)
+                    .ok()
+            })
+            .is_some_and(|bytes| bytes.len() == 32);
+        if ok {
+            return Some(key.to_owned());
+        }
+        self.error_hint(
+            path,
+            format!("cannot use {} as a public key", quote(key)),
+            "expected 'ed25519:' and 43 base64url characters, the line of the peer's keys/<account>.pub ('taskmail keys show' prints it)",
+        );
+        None
     }
 
     /// An RFC 3339 instant with an offset, from a string or a TOML offset date-time.

@@ -383,11 +383,13 @@ pub struct Queued {
 }
 
 /// Renders a new task.dispatch and stores the task, the outbox row, the thread index and the
-/// record in one transaction (module docs). `key` is the account's config name.
+/// record in one transaction (module docs). `key` is the account's config name; `signer`, the
+/// account's signing key, if it has one ([`crate::trust::keys::signer`]).
 pub fn enqueue_dispatch(
     store: &Store,
     account: &Account,
     key: &str,
+    signer: Option<&crate::trust::sign::SigningKey>,
     task_id: TaskId,
     new: NewDispatch,
     now: DateTime<Utc>,
@@ -414,6 +416,7 @@ pub fn enqueue_dispatch(
             thread: &[],
             style: Style::Aamp,
             attachments: new.attachments,
+            signer,
         },
         now,
     );
@@ -470,6 +473,7 @@ pub fn enqueue_answer(
     store: &Store,
     account: &Account,
     key: &str,
+    signer: Option<&crate::trust::sign::SigningKey>,
     task_id: &TaskId,
     text: &str,
     now: DateTime<Utc>,
@@ -519,6 +523,7 @@ pub fn enqueue_answer(
                 thread: &thread,
                 style: Style::Aamp,
                 attachments: Vec::new(),
+                signer,
             },
             now,
         );
@@ -573,6 +578,7 @@ pub fn enqueue_cancel(
     store: &Store,
     account: &Account,
     key: &str,
+    signer: Option<&crate::trust::sign::SigningKey>,
     task_id: &TaskId,
     reason: &str,
     now: DateTime<Utc>,
@@ -637,6 +643,7 @@ pub fn enqueue_cancel(
                 thread: &thread,
                 style: Style::Aamp,
                 attachments: Vec::new(),
+                signer,
             },
             now,
         );
@@ -875,6 +882,7 @@ where
     let store = Store::open(&config.state_dir().join(crate::store::FILE_NAME))?;
     let inbox_id = mail.inbox_id().await?;
     let gate = gate.unwrap_or_else(|| Arc::new(super::SenderPolicy::from_config(config, &name)));
+    let signer = crate::trust::keys::signer(config, &name)?;
     let worker = config.worker();
     let core = Arc::new(Core {
         key: name.clone(),
@@ -894,6 +902,8 @@ where
         db: super::Db::new(store),
         queue: super::queue::RunQueue::with_clock(1, Arc::clone(&clock)),
         gate,
+        signatures: crate::trust::sign::InboundPolicy::from_config(config, &name),
+        signer,
         events: super::events::Events::new(events),
         clock,
         outbox_kick: Notify::new(),
@@ -1028,6 +1038,9 @@ where
             what: What::ForDispatcher { task_id },
             rule: "task-peer".to_owned(),
             span: span.clone(),
+            // NOTE: the dispatcher side does not check agent signatures yet (README "Agent
+            // signatures", known gaps).
+            signature: None,
         }))
     }
 

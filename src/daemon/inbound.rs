@@ -49,6 +49,7 @@ use super::{Core, Execute};
 use crate::config::OnRefused;
 use crate::store::{AuditEntry, Role, Store, StoreError};
 use crate::transport::{Fetched, Hint, JmapError, MailStore, Submit};
+use crate::trust::sign::{BodyView, Checked, HeadersVerified};
 use crate::wire::aamp::{Intent, Payload, Status, TaskId, TaskResult};
 use crate::wire::{Classified, classify};
 
@@ -113,6 +114,8 @@ pub(crate) struct Take {
     pub(crate) rule: String,
     /// The `message` span.
     pub(crate) span: tracing::Span,
+    /// A signature whose headers verified: the body is checked once fetched.
+    pub(crate) signature: Option<HeadersVerified>,
 }
 
 /// The claim journal key of a mail.
@@ -356,6 +359,9 @@ where
                     continue;
                 };
                 take.fetched = full;
+                if !self.check_signed_body(&take)? {
+                    continue;
+                }
                 self.route_guarded(take).await?;
             }
         }
@@ -562,6 +568,11 @@ where
             Verdict::Admit { rule } => rule,
         };
         let sender = sender.unwrap_or_default();
+        let Some((rule, signature)) =
+            self.check_signature(&fetched, &sender, kind, &classified, rule)?
+        else {
+            return Ok(None);
+        };
         // Follow-ups must come from the task's peer. (Routing checks again: a follow-up may
         // come in the same batch as the dispatch that creates its task.)
         let follow_up = match (&what, &classified) {
@@ -587,7 +598,65 @@ where
             what,
             rule,
             span: span.clone(),
+            signature,
         }))
+    }
+
+    /// Agent signatures (README "Agent signatures"), right after the gate admitted a mail:
+    /// [`crate::trust::sign::InboundPolicy::check`] on the headers. A refusal is settled here
+    /// like any gate refusal (`None`); else the rule, with the key id when a signature
+    /// verified, and what the body must hash to.
+    fn check_signature(
+        &self,
+        fetched: &Fetched,
+        sender: &str,
+        kind: GateKind<'_>,
+        classified: &Classified,
+        rule: String,
+    ) -> Result<Option<(String, Option<HeadersVerified>)>, StoreError> {
+        match self.signatures.check(&fetched.inbound, sender, self.now()) {
+            Ok(Checked::Unsigned) => Ok(Some((rule, None))),
+            Ok(Checked::Ignored(error)) => {
+                tracing::info!(
+                    reason = error.rule(),
+                    "a signature that does not verify, on mail that needs none: taken as unsigned"
+                );
+                Ok(Some((rule, None)))
+            }
+            Ok(Checked::Verified(verified)) => {
+                tracing::info!(key_id = %verified.key_id, pinned = verified.pinned, "signature verified (headers)");
+                let rule = format!("{rule}; signature:{}", verified.key_id);
+                Ok(Some((rule, Some(verified))))
+            }
+            Err(error) => {
+                tracing::info!(error = %error, "refused: agent signature");
+                self.refuse(fetched, kind, error.rule(), classified)?;
+                Ok(None)
+            }
+        }
+    }
+
+    /// The body half of a verified signature, once the body is fetched. False (and the mail
+    /// settled as refused, before any ack) when the body changed after signing.
+    fn check_signed_body(&self, take: &Take) -> Result<bool, StoreError> {
+        let (Some(verified), Some(body)) = (&take.signature, &take.fetched.inbound.body) else {
+            return Ok(true);
+        };
+        let Err(error) = verified.check_body(BodyView::of_inbound(body)) else {
+            return Ok(true);
+        };
+        let _in = take.span.enter();
+        let classified = classify(&take.fetched.inbound);
+        let kind = match &classified {
+            Classified::Aamp(parsed) => GateKind::Aamp {
+                intent: parsed.message.intent(),
+                dispatch_context: None,
+            },
+            Classified::Reply { .. } => GateKind::Reply,
+            _ => GateKind::Plain,
+        };
+        self.refuse(&take.fetched, kind, error.rule(), &classified)?;
+        Ok(false)
     }
 
     /// A refused mail: audited and marked; per `trust.on-refused`, one neutral `rejected`
@@ -629,6 +698,7 @@ where
                         thread: &[],
                         style: Style::Aamp,
                         attachments: Vec::new(),
+                        signer: self.signer.as_ref(),
                     },
                     now,
                 ))

@@ -204,6 +204,9 @@ pub enum DaemonError {
     /// The push settings are invalid.
     #[error("cannot set up push")]
     Push(#[from] PushError),
+    /// The account's signing key file cannot be used.
+    #[error("cannot use the account's signing key")]
+    Key(#[from] crate::trust::keys::KeyFileError),
     /// A retry delay is out of range (a bug).
     #[error("cannot use the retry delays")]
     Backoff(#[from] BackoffError),
@@ -234,7 +237,7 @@ impl DaemonError {
     /// config problem, 1 otherwise.
     pub fn exit_code(&self) -> u8 {
         match self {
-            DaemonError::UnknownAccount(_) | DaemonError::Push(_) => 2,
+            DaemonError::UnknownAccount(_) | DaemonError::Push(_) | DaemonError::Key(_) => 2,
             DaemonError::Mail(e) => e.exit_code(),
             DaemonError::Submit(e) => e.exit_code(),
             DaemonError::Store(_) | DaemonError::Lock { .. } | DaemonError::Backoff(_) => 1,
@@ -299,6 +302,10 @@ pub(crate) struct Core<M, S, A> {
     pub(crate) db: Db,
     pub(crate) queue: queue::RunQueue<()>,
     pub(crate) gate: Arc<dyn Gate>,
+    /// The signature demands of the account's grants, checked right after the gate.
+    pub(crate) signatures: crate::trust::sign::InboundPolicy,
+    /// The account's signing key (`<state-dir>/keys/<account>.key`), when it has one.
+    pub(crate) signer: Option<crate::trust::sign::SigningKey>,
     pub(crate) events: events::Events,
     pub(crate) clock: Clock,
     pub(crate) outbox_kick: Notify,
@@ -444,6 +451,7 @@ where
     let _lock = lock(config.state_dir(), &name, "run")?;
     let inbox_id = mail.inbox_id().await?;
     let gate = gate.unwrap_or_else(|| Arc::new(SenderPolicy::from_config(config, &name)));
+    let signer = crate::trust::keys::signer(config, &name)?;
     let worker = config.worker();
     if config.trust().require_authentication {
         tracing::info!(
@@ -468,6 +476,8 @@ where
         db: Db::new(store),
         queue: queue::RunQueue::with_clock(usize::from(worker.concurrency), Arc::clone(&clock)),
         gate,
+        signatures: crate::trust::sign::InboundPolicy::from_config(config, &name),
+        signer,
         events: events::Events::new(events),
         clock,
         outbox_kick: Notify::new(),
@@ -500,7 +510,14 @@ where
     let mut scheduler = JoinSet::new();
     scheduler.spawn(worker::schedule(Arc::clone(&core)));
 
-    tracing::info!(account = %core.key, email = %core.account.email, state = %state, recovered, "worker ready");
+    tracing::info!(
+        account = %core.key,
+        email = %core.account.email,
+        state = %state,
+        recovered,
+        signing_key = core.signer.as_ref().map(|k| k.public_key().key_id()).unwrap_or_default(),
+        "worker ready"
+    );
     core.events.emit(
         core.now(),
         EventKind::Ready {

@@ -33,6 +33,7 @@ use super::{Core, Execute};
 use crate::config::Account;
 use crate::store::{AuditEntry, Direction, OutgoingMessage, Role, Store, StoreError, ThreadEntry};
 use crate::transport::{Backoff, MailStore, SmtpEnvelope, Submit};
+use crate::trust::sign::SigningKey;
 use crate::wire::aamp::{AampMessage, Payload, Status, TaskId};
 use crate::wire::message::{Attachment, Mailbox, Outbound};
 use crate::wire::thread;
@@ -92,6 +93,8 @@ pub(crate) struct Reply<'a> {
     pub(crate) thread: &'a [String],
     pub(crate) style: Style,
     pub(crate) attachments: Vec<Attachment>,
+    /// The account's signing key: when set, the mail carries an `X-ASMTP-Signature`.
+    pub(crate) signer: Option<&'a SigningKey>,
 }
 
 /// Renders a reply (module docs, step 1).
@@ -119,6 +122,9 @@ pub(crate) fn render(reply: Reply<'_>, now: DateTime<Utc>) -> Rendered {
     outbound.in_reply_to = in_reply_to;
     outbound.references = references;
     outbound.attachments = reply.attachments;
+    if let Some(key) = reply.signer {
+        key.sign_outbound(&mut outbound, now);
+    }
     Rendered {
         message_id,
         intent: message.intent().as_str(),
@@ -459,6 +465,7 @@ jmap = { session-url = "http://127.0.0.1:8080/.well-known/jmap" }
                 thread: &thread,
                 style: Style::Aamp,
                 attachments: Vec::new(),
+                signer: None,
             },
             now,
         );
@@ -479,6 +486,7 @@ jmap = { session-url = "http://127.0.0.1:8080/.well-known/jmap" }
     #[test]
     fn plain_replies_are_readable_and_keep_the_headers() {
         let account = account();
+        let key = SigningKey::from_seed(&[5; 32]);
         let target = ReplyTarget {
             message_id: "m@x".into(),
             references: Vec::new(),
@@ -505,10 +513,23 @@ jmap = { session-url = "http://127.0.0.1:8080/.well-known/jmap" }
                     content_type: content_type_for("a.txt").into(),
                     bytes: b"A".to_vec(),
                 }],
+                signer: Some(&key),
             },
             now,
         );
         let parsed = Inbound::from_bytes(&rendered.bytes).unwrap();
+        // Signed with the account's key: it verifies against the public half.
+        let verified = crate::trust::sign::verify_headers(
+            &crate::trust::sign::HeaderView::of_inbound(&parsed),
+            parsed.headers.get(crate::trust::sign::HEADER),
+            Some(&key.public_key()),
+            true,
+            now,
+            std::time::Duration::from_secs(3600),
+        )
+        .unwrap();
+        let body = crate::trust::sign::BodyView::of_inbound(parsed.body.as_ref().unwrap());
+        verified.check_body(body).unwrap();
         assert_eq!(parsed.subject.as_deref(), Some("Re: Please summarise"));
         assert_eq!(parsed.in_reply_to, ["m@x"]);
         let body = parsed.body.as_ref().unwrap();

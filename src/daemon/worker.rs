@@ -345,6 +345,7 @@ where
                 thread: &thread,
                 style: Style::of(ctx),
                 attachments,
+                signer: self.signer.as_ref(),
             },
             now,
         );

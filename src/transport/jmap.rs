@@ -45,7 +45,12 @@ pub const MAIL: &str = "urn:ietf:params:jmap:mail";
 /// The WebSocket capability ([RFC 8887](https://www.rfc-editor.org/rfc/rfc8887)).
 pub const WEBSOCKET: &str = "urn:ietf:params:jmap:websocket";
 /// Headers fetched besides the AAMP and ASMTP ones, for the trust gate and loop protection.
-pub const EXTRA_HEADERS: [&str; 2] = ["Authentication-Results", "Auto-Submitted"];
+pub const EXTRA_HEADERS: [&str; 4] = [
+    "Authentication-Results",
+    "Auto-Submitted",
+    "X-ASMTP-Signature",
+    "X-ASMTP-Key",
+];
 
 const USING: [&str; 2] = [CORE, MAIL];
 const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);

@@ -129,6 +129,7 @@ impl Harness {
             &store,
             &self.account(),
             "boss",
+            None,
             TaskId::new(crate::ids::task_id()),
             NewDispatch {
                 to: WORKER.to_owned(),
@@ -239,6 +240,7 @@ async fn ack_help_answer_result_on_the_dispatcher_only_pipeline() {
         &store,
         &h.account(),
         "boss",
+        None,
         &q.task_id,
         "Blue.",
         crate::clock::now(),
@@ -270,6 +272,7 @@ async fn ack_help_answer_result_on_the_dispatcher_only_pipeline() {
             &store,
             &h.account(),
             "boss",
+            None,
             &q.task_id,
             "again",
             crate::clock::now()
@@ -441,6 +444,7 @@ async fn expired_rejections_cancels_and_the_waiters_own_expiry() {
         &store,
         &h.account(),
         "boss",
+        None,
         &q.task_id,
         "changed my mind",
         crate::clock::now(),
@@ -457,6 +461,7 @@ async fn expired_rejections_cancels_and_the_waiters_own_expiry() {
             &store,
             &h.account(),
             "boss",
+            None,
             &q.task_id,
             "",
             crate::clock::now()
@@ -483,6 +488,7 @@ async fn expired_rejections_cancels_and_the_waiters_own_expiry() {
         &store,
         &h.account(),
         "boss",
+        None,
         TaskId::new("unsent"),
         NewDispatch {
             to: WORKER.into(),
@@ -509,6 +515,7 @@ async fn expired_rejections_cancels_and_the_waiters_own_expiry() {
             &store,
             &h.account(),
             "boss",
+            None,
             &unsent.task_id,
             "",
             crate::clock::now()
