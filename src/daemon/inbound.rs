@@ -111,6 +111,12 @@ pub(crate) struct Take {
     pub(crate) what: What,
     /// The gate rule that admitted it.
     pub(crate) rule: String,
+    /// The grant that admitted it (`None`: `allowed-senders`, or mail for our own task).
+    #[allow(
+        dead_code,
+        reason = "read by the agent-signature check (X-ASMTP-Signature), which runs after the gate"
+    )]
+    pub(crate) grant: Option<crate::store::GrantRecord>,
     /// The `message` span.
     pub(crate) span: tracing::Span,
 }
@@ -498,8 +504,11 @@ where
                             task_id: message.task_id.clone(),
                         },
                     ),
+                    Payload::PairRequest(request) => {
+                        return self.screen_pair_request(&fetched, request, &message.task_id);
+                    }
                     other => {
-                        // NOTE: acks, results, help requests, pairing and cards are for a
+                        // NOTE: acks, results, help requests, pair answers and cards are for a
                         // dispatcher (or a later issue); the worker leaves them alone.
                         let verdict = format!("ignored:not-for-worker:{}", other.intent());
                         self.ignore(&fetched, &verdict, None)?;
@@ -547,19 +556,25 @@ where
             },
             (_, None) => GateKind::Plain,
         };
-        let verdict = self.gate.check(&GateInput {
-            account: &self.key,
-            sender: sender.as_deref(),
-            kind,
-            inbound: &fetched.inbound,
-            now: self.now(),
-        });
-        let rule = match verdict {
+        // NOTE: the grants are read from the store at check time (never cached), inside the
+        // store lock, so a `grants revoke` from another process takes effect on the next mail.
+        let now = self.now();
+        let verdict = self.db.with(|s| {
+            Ok(self.gate.check(&GateInput {
+                account: &self.key,
+                sender: sender.as_deref(),
+                kind,
+                inbound: &fetched.inbound,
+                now,
+                store: Some(s),
+            }))
+        })?;
+        let (rule, grant) = match verdict {
             Verdict::Refuse { rule } => {
                 self.refuse(&fetched, kind, &rule, &classified)?;
                 return Ok(None);
             }
-            Verdict::Admit { rule } => rule,
+            Verdict::Admit { rule, grant } => (rule, grant),
         };
         let sender = sender.unwrap_or_default();
         // Follow-ups must come from the task's peer. (Routing checks again: a follow-up may
@@ -586,6 +601,7 @@ where
             sender,
             what,
             rule,
+            grant,
             span: span.clone(),
         }))
     }
@@ -675,27 +691,38 @@ where
     /// A follow-up refused at routing time (its task appeared in the same batch): audited and
     /// marked like any refusal, never answered.
     pub(crate) fn refuse_late(&self, fetched: &Fetched, intent: &str) -> Result<(), StoreError> {
+        self.refuse_quietly(fetched, intent, NOT_TASK_PEER)
+    }
+
+    /// A refusal that is never answered (mail for our own tasks, a forged pairing): audited
+    /// and marked with `rule`.
+    pub(crate) fn refuse_quietly(
+        &self,
+        fetched: &Fetched,
+        intent: &str,
+        rule: &str,
+    ) -> Result<(), StoreError> {
         let now = self.now();
         self.db.atomically(|s| {
             settle(
                 s,
                 &self.key,
                 fetched,
-                &format!("refused:{NOT_TASK_PEER}"),
-                Some(NOT_TASK_PEER),
+                &format!("refused:{rule}"),
+                Some(rule),
                 Some(format!("intent {intent}")),
                 None,
                 now,
             )
         })?;
-        tracing::info!(rule = NOT_TASK_PEER, "refused: not from the task's peer");
+        tracing::info!(rule, "refused: no answer");
         self.events.emit(
             now,
             EventKind::Refused {
                 message_id: fetched.inbound.message_id.clone(),
                 from: fetched.inbound.sender(),
                 intent: intent.to_owned(),
-                rule: NOT_TASK_PEER.to_owned(),
+                rule: rule.to_owned(),
             },
         );
         Ok(())

@@ -45,7 +45,15 @@ pub const MAIL: &str = "urn:ietf:params:jmap:mail";
 /// The WebSocket capability ([RFC 8887](https://www.rfc-editor.org/rfc/rfc8887)).
 pub const WEBSOCKET: &str = "urn:ietf:params:jmap:websocket";
 /// Headers fetched besides the AAMP and ASMTP ones, for the trust gate and loop protection.
-pub const EXTRA_HEADERS: [&str; 2] = ["Authentication-Results", "Auto-Submitted"];
+///
+/// `Received` feeds the same-server submission rule (`trust.same-server-submission`);
+/// `X-ASMTP-Key` is the peer's public key in a pairing message.
+pub const EXTRA_HEADERS: [&str; 4] = [
+    "Authentication-Results",
+    "Auto-Submitted",
+    "Received",
+    "X-ASMTP-Key",
+];
 
 const USING: [&str; 2] = [CORE, MAIL];
 const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
