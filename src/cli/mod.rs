@@ -9,12 +9,15 @@ use std::process::ExitCode;
 use clap::{Args, Parser, Subcommand};
 
 pub mod answer;
+pub mod audit;
 pub mod cancel;
 pub mod config;
 pub mod dispatch;
 pub mod doctor;
+pub mod grants;
 pub mod listen;
 pub mod output;
+pub mod pair;
 pub mod parse;
 pub mod render;
 pub mod run;
@@ -266,6 +269,14 @@ pub enum Command {
     /// Check the config, the state dir, SMTP, JMAP, push and the agent, with a fix for each
     /// problem.
     Doctor(doctor::DoctorCommand),
+    /// Manage who may reach an account: list, allow, block, revoke grants.
+    #[command(subcommand)]
+    Grants(grants::GrantsCommand),
+    /// Pair with a peer by a single-use code: `pair new` (worker side), `pair request URL`.
+    #[command(subcommand)]
+    Pair(pair::PairCommand),
+    /// Read the trust verdict log (every admit and refusal, never a body).
+    Audit(audit::AuditCommand),
 }
 
 impl Cli {
@@ -295,6 +306,11 @@ impl Cli {
             Command::Doctor(c) => {
                 c.execute(self.global.config, &crate::config::Env::from_process())
             }
+            Command::Grants(c) => {
+                c.execute(self.global.config, &crate::config::Env::from_process())
+            }
+            Command::Pair(c) => c.execute(self.global.config, &crate::config::Env::from_process()),
+            Command::Audit(c) => c.execute(self.global.config, &crate::config::Env::from_process()),
         }
     }
 }

@@ -551,4 +551,30 @@ mod tests {
         );
         let _ = TimeDelta::zero();
     }
+
+    #[test]
+    fn audit_find_filters_by_peer_and_domain() {
+        let store = Store::open_in_memory().unwrap();
+        for (i, peer) in ["a@x.test", "b@x.test", "a@y.test", "a@x.test"]
+            .iter()
+            .enumerate()
+        {
+            store
+                .audit(&crate::store::AuditEntry {
+                    at: t(i64::try_from(i).unwrap()),
+                    account: "worker".to_owned(),
+                    message_id: Some(format!("m{i}@x")),
+                    peer: Some((*peer).to_owned()),
+                    verdict: "refused".to_owned(),
+                    rule: Some("not-allowed".to_owned()),
+                    detail: None,
+                })
+                .unwrap();
+        }
+        assert_eq!(store.audit_find(10, None).unwrap().len(), 4);
+        assert_eq!(store.audit_find(10, Some("A@x.test")).unwrap().len(), 2);
+        assert_eq!(store.audit_find(10, Some("*@x.test")).unwrap().len(), 3);
+        let newest = store.audit_find(1, Some("*@x.test")).unwrap();
+        assert_eq!(newest[0].entry.message_id.as_deref(), Some("m3@x"));
+    }
 }
