@@ -458,8 +458,29 @@ where
             return Ok(None);
         }
         if duplicate {
+            // NOTE: replay and dedup (trust.md point 4) run before the rest of the gate: a
+            // second copy never runs, whoever sent it; audited with the rule `replay`.
             tracing::info!("a Message-ID seen before; ignored");
-            self.ignore(&fetched, "ignored:duplicate", None)?;
+            let now = self.now();
+            self.db.atomically(|s| {
+                settle(
+                    s,
+                    &self.key,
+                    &fetched,
+                    "ignored:duplicate",
+                    Some("replay:message-id"),
+                    None,
+                    None,
+                    now,
+                )
+            })?;
+            self.events.emit(
+                now,
+                EventKind::Ignored {
+                    message_id: fetched.inbound.message_id.clone(),
+                    verdict: "ignored:duplicate".to_owned(),
+                },
+            );
             return Ok(None);
         }
         if fetched.keywords.contains(DONE) {
