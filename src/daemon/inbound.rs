@@ -17,10 +17,14 @@
 //!    [`crate::wire::classify()`]: invalid AAMP and unknown intents are logged and audited and
 //!    never become human replies; an ack, help request, result or cancel of a task this
 //!    account dispatched, or a person's reply in its thread, goes to the dispatcher side
-//!    ([`super::dispatcher`]: from the task's peer only, no gate, no claim); other intents that
+//!    ([`super::dispatcher`]: the authentication step of the gate, then from the task's peer
+//!    only; no sender policy, no claim); a `pair.request` is answered here on its headers
+//!    ([`super::pairing`]: authentication and rate limit, not the sender policy); other intents that
 //!    are not for a worker are left alone; a reply is looked up in the Message-ID index (no hit:
 //!    it is plain mail). A dispatcher-only pipeline leaves all worker-side mail unmarked.
-//! 5. The [`Gate`](super::gate::Gate). Refused: audited, marked, no ack, no body fetched, and per
+//! 5. The [`Gate`](super::gate::Gate): authentication, sender policy (grants read from the
+//!    store at check time), rate limit (the duplicate check above is its replay step). The
+//!    admitting grant travels with the mail (`Take::grant`). Refused: audited, marked, no ack, no body fetched, and per
 //!    `trust.on-refused` silence or one neutral `rejected` result. Follow-ups (cancel, reply,
 //!    same-TaskId dispatch) must also come from the task's peer.
 //! 6. The claim: `$taskmail-claimed` with `ifInState` (compare-and-swap on the Email state); a
