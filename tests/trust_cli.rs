@@ -84,8 +84,8 @@ fn grants_allow_list_block_revoke() {
     assert_eq!(grant["peer"], "agent@other.test");
     assert_eq!(grant["state"], "active");
     assert_eq!(grant["source"], "cli");
-    assert_eq!(grant["require_signature"], true);
-    assert_eq!(grant["dispatch_context_rules"]["project"][0], "a");
+    assert_eq!(grant["requireSignature"], true);
+    assert_eq!(grant["dispatchContextRules"]["project"][0], "a");
 
     let list = json(&taskmail(d, &["grants", "list", "--json"]));
     let grants = list["grants"].as_array().unwrap();

@@ -74,8 +74,9 @@ fn parse_state(text: &str) -> Option<GrantState> {
     }
 }
 
-/// One grant, from the store or the config.
+/// One grant, from the store or the config (JSON keys in camelCase, as every `--json` output).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
 pub struct GrantRecord {
     /// The local account (config name).
     pub account: String,
