@@ -9,13 +9,16 @@ use std::process::ExitCode;
 use clap::{Args, Parser, Subcommand};
 
 pub mod answer;
+pub mod audit;
 pub mod cancel;
 pub mod config;
 pub mod dispatch;
 pub mod doctor;
+pub mod grants;
 pub mod keys;
 pub mod listen;
 pub mod output;
+pub mod pair;
 pub mod parse;
 pub mod render;
 pub mod run;
@@ -283,6 +286,14 @@ pub enum Command {
     /// Make or show an account's agent signing key (X-ASMTP-Signature).
     #[command(subcommand)]
     Keys(keys::KeysCommand),
+    /// Manage who may reach an account: list, allow, block, revoke grants.
+    #[command(subcommand)]
+    Grants(grants::GrantsCommand),
+    /// Pair with a peer by a single-use code: `pair new` (worker side), `pair request URL`.
+    #[command(subcommand)]
+    Pair(pair::PairCommand),
+    /// Read the trust verdict log (every admit and refusal, never a body).
+    Audit(audit::AuditCommand),
 }
 
 impl Cli {
@@ -313,6 +324,11 @@ impl Cli {
                 c.execute(self.global.config, &crate::config::Env::from_process())
             }
             Command::Keys(c) => c.execute(self.global.config, &crate::config::Env::from_process()),
+            Command::Grants(c) => {
+                c.execute(self.global.config, &crate::config::Env::from_process())
+            }
+            Command::Pair(c) => c.execute(self.global.config, &crate::config::Env::from_process()),
+            Command::Audit(c) => c.execute(self.global.config, &crate::config::Env::from_process()),
         }
     }
 }

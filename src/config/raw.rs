@@ -154,6 +154,8 @@ pub struct RawTrust {
     pub authserv_id: Option<String>,
     /// Require DMARC/DKIM.
     pub require_authentication: Option<bool>,
+    /// Accept this server's own authenticated submission (the `Received` marker).
+    pub same_server_submission: Option<bool>,
     /// `silent` or `reject`.
     pub on_refused: Option<OnRefused>,
     /// Quarantine mailbox name.

@@ -225,6 +225,10 @@ pub struct Trust {
     pub authserv_id: Option<String>,
     /// Whether mail needs an aligned DMARC or DKIM pass.
     pub require_authentication: bool,
+    /// Whether an authenticated submission on the receiving server itself counts as
+    /// authenticated, read from its topmost `Received` field (`with ESMTPA`), for servers that
+    /// write no `Authentication-Results` (Cyrus+Postfix). Default false.
+    pub same_server_submission: bool,
     /// What refused senders get.
     pub on_refused: OnRefused,
     /// The mailbox that holds mail flagged as high risk.

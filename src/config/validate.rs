@@ -909,6 +909,7 @@ impl Checker<'_> {
         Trust {
             authserv_id,
             require_authentication,
+            same_server_submission: raw.same_server_submission.unwrap_or(false),
             on_refused: raw.on_refused.unwrap_or(OnRefused::Silent),
             quarantine_mailbox,
             dedup_retention,

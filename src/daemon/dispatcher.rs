@@ -881,7 +881,7 @@ where
         .ok_or_else(|| DaemonError::UnknownAccount(name.clone()))?;
     let store = Store::open(&config.state_dir().join(crate::store::FILE_NAME))?;
     let inbox_id = mail.inbox_id().await?;
-    let gate = gate.unwrap_or_else(|| Arc::new(super::SenderPolicy::from_config(config, &name)));
+    let gate = gate.unwrap_or_else(|| Arc::new(super::TrustGate::from_config(config, &name)));
     let signer = crate::trust::keys::signer(config, &name)?;
     let worker = config.worker();
     let core = Arc::new(Core {
@@ -894,6 +894,8 @@ where
             plain_mail: false,
             shutdown_grace: worker.shutdown_grace,
             poll_interval: account.jmap.poll_interval,
+            dedup_retention: config.trust().dedup_retention,
+            state_dir: config.state_dir().to_path_buf(),
         },
         account,
         mail,
@@ -1008,7 +1010,8 @@ where
         }
     }
 
-    /// Screening of dispatcher mail: it must come from the task's peer; no gate, no claim.
+    /// Screening of dispatcher mail: it must pass the authentication step and come from the
+    /// task's peer; no sender policy, no claim.
     pub(crate) fn screen_for_dispatcher(
         &self,
         fetched: Fetched,
@@ -1023,6 +1026,29 @@ where
         span.record("intent", intent);
         span.record("task_id", task_id.as_str());
         let sender = fetched.inbound.sender().unwrap_or_default();
+        // NOTE: the authentication step applies here too: a forged task.result for a task we
+        // dispatched must not be taken for the worker's.
+        let now = self.now();
+        let auth = self.db.with(|s| {
+            Ok(self.gate.authenticate(&super::GateInput {
+                account: &self.key,
+                sender: Some(sender.as_str()).filter(|s| !s.is_empty()),
+                kind: super::GateKind::Aamp {
+                    intent: match classified {
+                        Classified::Aamp(parsed) => parsed.message.intent(),
+                        _ => crate::wire::aamp::Intent::TaskResult,
+                    },
+                    dispatch_context: None,
+                },
+                inbound: &fetched.inbound,
+                now,
+                store: Some(s),
+            }))
+        })?;
+        if let super::Verdict::Refuse { rule } = auth {
+            self.refuse_quietly(&fetched, intent, &rule)?;
+            return Ok(None);
+        }
         let peer = self
             .db
             .with(|s| s.get_task(&self.key, &task_id, Role::Dispatcher))?
@@ -1036,7 +1062,11 @@ where
             fetched,
             sender,
             what: What::ForDispatcher { task_id },
-            rule: "task-peer".to_owned(),
+            rule: match auth.rule() {
+                "authentication-off" => "task-peer".to_owned(),
+                evidence => format!("task-peer [{evidence}]"),
+            },
+            grant: None,
             span: span.clone(),
             // NOTE: the dispatcher side does not check agent signatures yet (README "Agent
             // signatures", known gaps).

@@ -91,6 +91,12 @@ pub enum EventKind {
         /// The rule that decided.
         rule: String,
     },
+    /// A pair.request with a valid code made `peer` a grant; pair.respond completed is queued.
+    #[serde(rename_all = "camelCase")]
+    Paired {
+        peer: String,
+        message_id: Option<String>,
+    },
     /// A message was read and left alone (not for the worker, invalid, a duplicate ...).
     #[serde(rename_all = "camelCase")]
     Ignored {
@@ -146,6 +152,7 @@ impl EventKind {
             EventKind::Result { .. } => "result",
             EventKind::Cancelled { .. } => "cancelled",
             EventKind::Refused { .. } => "refused",
+            EventKind::Paired { .. } => "paired",
             EventKind::Ignored { .. } => "ignored",
             EventKind::Sent { .. } => "sent",
             EventKind::DeadLetter { .. } => "dead_letter",
@@ -201,6 +208,7 @@ impl Event {
                 None => format!("task {task_id}: {status}"),
             },
             EventKind::Cancelled { task_id } => format!("task {task_id}: cancelled"),
+            EventKind::Paired { peer, .. } => format!("paired with {peer}"),
             EventKind::Refused {
                 message_id,
                 from,

@@ -17,10 +17,14 @@
 //!    [`crate::wire::classify()`]: invalid AAMP and unknown intents are logged and audited and
 //!    never become human replies; an ack, help request, result or cancel of a task this
 //!    account dispatched, or a person's reply in its thread, goes to the dispatcher side
-//!    ([`super::dispatcher`]: from the task's peer only, no gate, no claim); other intents that
+//!    ([`super::dispatcher`]: the authentication step of the gate, then from the task's peer
+//!    only; no sender policy, no claim); a `pair.request` is answered here on its headers
+//!    ([`super::pairing`]: authentication and rate limit, not the sender policy); other intents that
 //!    are not for a worker are left alone; a reply is looked up in the Message-ID index (no hit:
 //!    it is plain mail). A dispatcher-only pipeline leaves all worker-side mail unmarked.
-//! 5. The [`Gate`](super::gate::Gate). Refused: audited, marked, no ack, no body fetched, and per
+//! 5. The [`Gate`](super::gate::Gate): authentication, sender policy (grants read from the
+//!    store at check time), rate limit (the duplicate check above is its replay step). The
+//!    admitting grant travels with the mail (`Take::grant`). Refused: audited, marked, no ack, no body fetched, and per
 //!    `trust.on-refused` silence or one neutral `rejected` result. Follow-ups (cancel, reply,
 //!    same-TaskId dispatch) must also come from the task's peer.
 //! 6. The claim: `$taskmail-claimed` with `ifInState` (compare-and-swap on the Email state); a
@@ -112,6 +116,12 @@ pub(crate) struct Take {
     pub(crate) what: What,
     /// The gate rule that admitted it.
     pub(crate) rule: String,
+    /// The grant that admitted it (`None`: `allowed-senders`, or mail for our own task).
+    #[allow(
+        dead_code,
+        reason = "read by the agent-signature check (X-ASMTP-Signature), which runs after the gate"
+    )]
+    pub(crate) grant: Option<crate::store::GrantRecord>,
     /// The `message` span.
     pub(crate) span: tracing::Span,
     /// A signature whose headers verified: the body is checked once fetched.
@@ -458,8 +468,29 @@ where
             return Ok(None);
         }
         if duplicate {
+            // NOTE: replay and dedup (trust.md point 4) run before the rest of the gate: a
+            // second copy never runs, whoever sent it; audited with the rule `replay`.
             tracing::info!("a Message-ID seen before; ignored");
-            self.ignore(&fetched, "ignored:duplicate", None)?;
+            let now = self.now();
+            self.db.atomically(|s| {
+                settle(
+                    s,
+                    &self.key,
+                    &fetched,
+                    "ignored:duplicate",
+                    Some("replay:message-id"),
+                    None,
+                    None,
+                    now,
+                )
+            })?;
+            self.events.emit(
+                now,
+                EventKind::Ignored {
+                    message_id: fetched.inbound.message_id.clone(),
+                    verdict: "ignored:duplicate".to_owned(),
+                },
+            );
             return Ok(None);
         }
         if fetched.keywords.contains(DONE) {
@@ -504,8 +535,11 @@ where
                             task_id: message.task_id.clone(),
                         },
                     ),
+                    Payload::PairRequest(request) => {
+                        return self.screen_pair_request(&fetched, request, &message.task_id);
+                    }
                     other => {
-                        // NOTE: acks, results, help requests, pairing and cards are for a
+                        // NOTE: acks, results, help requests, pair answers and cards are for a
                         // dispatcher (or a later issue); the worker leaves them alone.
                         let verdict = format!("ignored:not-for-worker:{}", other.intent());
                         self.ignore(&fetched, &verdict, None)?;
@@ -553,23 +587,29 @@ where
             },
             (_, None) => GateKind::Plain,
         };
-        let verdict = self.gate.check(&GateInput {
-            account: &self.key,
-            sender: sender.as_deref(),
-            kind,
-            inbound: &fetched.inbound,
-            now: self.now(),
-        });
-        let rule = match verdict {
+        // NOTE: the grants are read from the store at check time (never cached), inside the
+        // store lock, so a `grants revoke` from another process takes effect on the next mail.
+        let now = self.now();
+        let verdict = self.db.with(|s| {
+            Ok(self.gate.check(&GateInput {
+                account: &self.key,
+                sender: sender.as_deref(),
+                kind,
+                inbound: &fetched.inbound,
+                now,
+                store: Some(s),
+            }))
+        })?;
+        let (rule, grant) = match verdict {
             Verdict::Refuse { rule } => {
                 self.refuse(&fetched, kind, &rule, &classified)?;
                 return Ok(None);
             }
-            Verdict::Admit { rule } => rule,
+            Verdict::Admit { rule, grant } => (rule, grant),
         };
         let sender = sender.unwrap_or_default();
         let Some((rule, signature)) =
-            self.check_signature(&fetched, &sender, kind, &classified, rule)?
+            self.check_signature(&fetched, &sender, kind, &classified, rule, grant.as_ref())?
         else {
             return Ok(None);
         };
@@ -597,6 +637,7 @@ where
             sender,
             what,
             rule,
+            grant,
             span: span.clone(),
             signature,
         }))
@@ -613,8 +654,13 @@ where
         kind: GateKind<'_>,
         classified: &Classified,
         rule: String,
+        grant: Option<&crate::store::GrantRecord>,
     ) -> Result<Option<(String, Option<HeadersVerified>)>, StoreError> {
-        match self.signatures.check(&fetched.inbound, sender, self.now()) {
+        let admitting = grant.map(|g| (g.require_signature, g.peer_key.as_deref()));
+        match self
+            .signatures
+            .check(&fetched.inbound, sender, admitting, self.now())
+        {
             Ok(Checked::Unsigned) => Ok(Some((rule, None))),
             Ok(Checked::Ignored(error)) => {
                 tracing::info!(
@@ -745,27 +791,38 @@ where
     /// A follow-up refused at routing time (its task appeared in the same batch): audited and
     /// marked like any refusal, never answered.
     pub(crate) fn refuse_late(&self, fetched: &Fetched, intent: &str) -> Result<(), StoreError> {
+        self.refuse_quietly(fetched, intent, NOT_TASK_PEER)
+    }
+
+    /// A refusal that is never answered (mail for our own tasks, a forged pairing): audited
+    /// and marked with `rule`.
+    pub(crate) fn refuse_quietly(
+        &self,
+        fetched: &Fetched,
+        intent: &str,
+        rule: &str,
+    ) -> Result<(), StoreError> {
         let now = self.now();
         self.db.atomically(|s| {
             settle(
                 s,
                 &self.key,
                 fetched,
-                &format!("refused:{NOT_TASK_PEER}"),
-                Some(NOT_TASK_PEER),
+                &format!("refused:{rule}"),
+                Some(rule),
                 Some(format!("intent {intent}")),
                 None,
                 now,
             )
         })?;
-        tracing::info!(rule = NOT_TASK_PEER, "refused: not from the task's peer");
+        tracing::info!(rule, "refused: no answer");
         self.events.emit(
             now,
             EventKind::Refused {
                 message_id: fetched.inbound.message_id.clone(),
                 from: fetched.inbound.sender(),
                 intent: intent.to_owned(),
-                rule: NOT_TASK_PEER.to_owned(),
+                rule: rule.to_owned(),
             },
         );
         Ok(())

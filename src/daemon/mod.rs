@@ -13,8 +13,9 @@
 //!   run scheduler over [`queue::RunQueue`] and [`runner::Runner`], and crash recovery.
 //! - [`outbound`]: render -> outbox row + thread index (same transaction as the state change)
 //!   -> SMTP submission with retries and dead letters.
-//! - [`gate`]: the sender policy, behind the [`gate::Gate`] trait where the full trust gate
-//!   (authentication verdicts, pairing) plugs in later.
+//! - [`gate`]: the trust gate behind the [`gate::Gate`] trait: authentication verdict, sender
+//!   policy (config and stored grants), rate limit; pairing ([`pairing`]) answers
+//!   `pair.request`s with a valid code.
 //! - [`dispatcher`]: the dispatcher side: tasks this account sent (`taskmail dispatch`,
 //!   `answer`, `cancel`), and the acks, help requests, results, cancels and human replies
 //!   that come back for them, routed by the same pipeline (worker daemon or the
@@ -64,6 +65,7 @@ pub mod events;
 pub mod gate;
 pub mod inbound;
 pub mod outbound;
+pub mod pairing;
 pub mod queue;
 pub mod runner;
 pub mod status;
@@ -89,7 +91,7 @@ use crate::transport::{
 };
 
 pub use events::{Event, EventKind};
-pub use gate::{Gate, GateInput, GateKind, SenderPolicy, Verdict};
+pub use gate::{Gate, GateInput, GateKind, SenderPolicy, TrustGate, Verdict};
 pub use queue::Clock;
 pub use runner::{RunError, RunReport, RunRequest, Runner};
 
@@ -135,7 +137,7 @@ pub struct Deps<M, S, A> {
     pub clock: Clock,
     /// The account to serve (a config account name); default `worker.account`.
     pub account: Option<String>,
-    /// The gate; default [`SenderPolicy::from_config`].
+    /// The gate; default [`TrustGate::from_config`].
     pub gate: Option<Arc<dyn Gate>>,
     /// What the push supervisor is doing (set by [`Deps::connect`]; for `taskmail doctor`).
     pub push_status: Option<watch::Receiver<PushStatus>>,
@@ -254,6 +256,10 @@ pub(crate) struct Settings {
     pub(crate) plain_mail: bool,
     pub(crate) shutdown_grace: Duration,
     pub(crate) poll_interval: Duration,
+    /// `trust.dedup-retention`: how long processed Message-IDs are kept (at least 7 days).
+    pub(crate) dedup_retention: Duration,
+    /// The state directory (`keys/<account>.pub` is our pairing key).
+    pub(crate) state_dir: std::path::PathBuf,
 }
 
 /// The store behind a mutex: every call is short and never held across an `.await`.
@@ -344,7 +350,9 @@ impl<M, S, A> Core<M, S, A> {
         match self.db.with(|s| {
             let contexts =
                 context::prune(s, &self.key, now)? + dispatcher::prune_records(s, &self.key, now)?;
-            let report = s.prune(now)?;
+            let retention = chrono::TimeDelta::from_std(self.settings.dedup_retention)
+                .unwrap_or(crate::store::PROCESSED_RETENTION);
+            let report = s.prune_keeping(now, retention)?;
             Ok((contexts, report))
         }) {
             Ok((contexts, report)) if contexts + report.total() > 0 => {
@@ -400,6 +408,27 @@ pub(crate) fn lock(
     }
 }
 
+/// Says at start what the trust gate will require, so an operator sees a gate that admits
+/// nobody (authentication on, but no evidence configured) before the first refusal.
+pub(crate) fn log_trust(config: &Config) {
+    let trust = config.trust();
+    if !trust.require_authentication {
+        tracing::warn!(
+            "trust.require-authentication = false: the From of an allowed sender can be forged"
+        );
+    } else if trust.authserv_id.is_none() && !trust.same_server_submission {
+        tracing::warn!(
+            "trust.require-authentication is on, but neither trust.authserv-id nor trust.same-server-submission is set: every mail will be refused as auth:no-evidence-configured"
+        );
+    } else {
+        tracing::info!(
+            authserv_id = trust.authserv_id.as_deref().unwrap_or(""),
+            same_server_submission = trust.same_server_submission,
+            "trust gate: authentication required"
+        );
+    }
+}
+
 /// How often the store is pruned while the daemon runs (once at start, too).
 const PRUNE_EVERY: Duration = Duration::from_secs(6 * 3600);
 
@@ -450,14 +479,10 @@ where
     // of the account for an interrupted one. The lock goes with this future (a crash frees it).
     let _lock = lock(config.state_dir(), &name, "run")?;
     let inbox_id = mail.inbox_id().await?;
-    let gate = gate.unwrap_or_else(|| Arc::new(SenderPolicy::from_config(config, &name)));
+    let gate = gate.unwrap_or_else(|| Arc::new(TrustGate::from_config(config, &name)));
     let signer = crate::trust::keys::signer(config, &name)?;
     let worker = config.worker();
-    if config.trust().require_authentication {
-        tracing::info!(
-            "the sender gate matches the header From; authentication verdicts (DMARC/DKIM) are not checked yet"
-        );
-    }
+    log_trust(config);
     let core = Arc::new(Core {
         key: name.clone(),
         worker: true,
@@ -468,6 +493,8 @@ where
             plain_mail: worker.plain_mail,
             shutdown_grace: worker.shutdown_grace,
             poll_interval: account.jmap.poll_interval,
+            dedup_retention: config.trust().dedup_retention,
+            state_dir: config.state_dir().to_path_buf(),
         },
         account,
         mail,

@@ -168,6 +168,13 @@ impl Harness {
     /// `extra` goes at the end of `[worker]` (and may open further tables).
     fn with_allowed(allowed: &str, extra: &str) -> Harness {
         let dir = tempfile::tempdir().unwrap();
+        // NOTE: stub mail carries no Authentication-Results: these tests are about routing, so
+        // the authentication step is off (tests/trust_gate.rs covers it on real servers).
+        let extra = if extra.contains("[trust]") {
+            extra.replacen("[trust]", "[trust]\nrequire-authentication = false", 1)
+        } else {
+            format!("{extra}\n[trust]\nrequire-authentication = false")
+        };
         let text = format!(
             r#"
 state-dir = "{state}"
@@ -1123,5 +1130,72 @@ async fn a_second_daemon_on_the_same_state_dir_and_account_is_refused() {
         .unwrap_err();
     assert!(matches!(error, DaemonError::Locked { .. }), "{error:?}");
     assert_eq!(error.exit_code(), 75);
+    h.shutdown().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_grant_revoked_while_the_task_waits_stops_it_before_it_runs() {
+    use crate::config::{GrantState, PeerPattern};
+    use crate::store::{GrantRecord, GrantSource};
+    let mut h = Harness::new("");
+    let peer = PeerPattern::parse("peer@other.test").unwrap();
+    h.store()
+        .grant_put(
+            &GrantRecord {
+                account: "worker".to_owned(),
+                peer: peer.clone(),
+                intents: vec!["task.dispatch".to_owned()],
+                state: GrantState::Active,
+                expires: None,
+                dispatch_context_rules: Default::default(),
+                require_signature: false,
+                peer_key: None,
+                source: GrantSource::Pairing,
+                created_at: t0(),
+                updated_at: t0(),
+            },
+            false,
+        )
+        .unwrap();
+    h.start().await;
+    // The one run slot is busy; the peer's task waits in the queue, acked.
+    let (_, busy) = dispatch_mail("Q1", BOSS, "please sleep: 5", None, None);
+    h.deliver(&busy);
+    h.wait_event("Q1 started", |e| matches!(e, EventKind::Started { .. }))
+        .await;
+    let (_, waiting) = dispatch_mail("Q2", "peer@other.test", "Do it", None, None);
+    h.deliver(&waiting);
+    h.wait_sent("Q2 acked", |s| {
+        s.task_id() == Some("Q2") && s.intent() == Some("task.ack")
+    })
+    .await;
+    assert_eq!(h.task_state("Q2"), Some(TaskState::Queued));
+    // Revoked (the CLI, another process) while it waits.
+    assert!(
+        h.store()
+            .grant_set_state("worker", &peer, GrantState::Revoked, t0())
+            .unwrap()
+    );
+    let refused = h
+        .wait_event("revoked before run", |e| {
+            matches!(e, EventKind::Refused { rule, .. } if rule.starts_with("revoked-before-run"))
+        })
+        .await;
+    let EventKind::Refused { rule, from, .. } = refused.kind else {
+        unreachable!()
+    };
+    assert_eq!(rule, "revoked-before-run:grant-revoked:peer@other.test");
+    assert_eq!(from.as_deref(), Some("peer@other.test"));
+    h.settle(Duration::from_secs(3)).await;
+    assert_eq!(h.task_state("Q2"), Some(TaskState::Rejected));
+    assert!(h.agent.runs().iter().all(|r| r.task_id.as_str() != "Q2"));
+    assert!(
+        h.sent_for("Q2")
+            .iter()
+            .all(|s| s.intent() != Some("task.result"))
+    );
+    assert!(h.store().audit_list(50, None).unwrap().iter().any(
+        |a| a.entry.rule.as_deref() == Some("revoked-before-run:grant-revoked:peer@other.test")
+    ));
     h.shutdown().await;
 }

@@ -577,7 +577,8 @@ where
                 });
                 done.sent = true;
             }
-            if admission.expires_at.is_some_and(|at| at <= now) {
+            let expired = admission.expires_at.is_some_and(|at| at <= now);
+            if expired {
                 s.transition(
                     &self.key,
                     &task_id,
@@ -610,11 +611,13 @@ where
                 done.queue = Some((task_id.clone(), admission.priority, admission.expires_at));
             }
             context::save(s, &self.key, &task_id, &ctx, now)?;
+            // NOTE: an admitted peer's expired dispatch keeps its one rejected result, but the
+            // audit says `expired` (trust.md point 4).
             settle(
                 s,
                 &self.key,
                 fetched,
-                "admitted",
+                if expired { "expired" } else { "admitted" },
                 Some(&take.rule),
                 Some(format!("{} {task_id}", admission.intent)),
                 admission.expires_at,
@@ -863,6 +866,9 @@ where
     }
 
     async fn run_once(&self, task_id: &TaskId, cancel: CancelSignal) {
+        if !self.still_admitted(task_id) {
+            return;
+        }
         let now = self.now();
         let loaded = self.db.with(|s| {
             if !s.record_run_start(&self.key, task_id, &[TaskState::Queued], now)? {

@@ -98,4 +98,35 @@ impl Store {
         };
         run().map_err(sql("read the audit log"))
     }
+
+    /// The newest `limit` entries about `peer` (an address, or `*@domain` for every address
+    /// of the domain; all peers when `None`), oldest first.
+    pub fn audit_find(
+        &self,
+        limit: usize,
+        peer: Option<&str>,
+    ) -> Result<Vec<AuditRecord>, StoreError> {
+        let (exact, domain) = match peer.map(|p| p.trim().to_lowercase()) {
+            None => (None, None),
+            Some(p) => match p.strip_prefix("*@") {
+                Some(d) => (None, Some(format!("%@{}", d.replace(['%', '_'], "")))),
+                None => (Some(p), None),
+            },
+        };
+        let run = || -> rusqlite::Result<Vec<AuditRecord>> {
+            let mut stmt = self.conn.prepare_cached(
+                "SELECT id, at, account, message_id, peer, verdict, rule, detail FROM (
+                     SELECT * FROM audit
+                     WHERE (?1 IS NULL OR peer = ?1) AND (?2 IS NULL OR peer LIKE ?2)
+                     ORDER BY id DESC LIMIT ?3)
+                 ORDER BY id",
+            )?;
+            let rows = stmt.query_map(
+                params![exact, domain, super::limit(Some(limit))],
+                record_from_row,
+            )?;
+            rows.collect()
+        };
+        run().map_err(sql("read the audit log"))
+    }
 }

@@ -28,6 +28,8 @@
 //! | `outbox` | message_id | rendered messages to submit: envelope, bytes, status `pending`/`sent`/`dead`, attempts, last error, next attempt |
 //! | `audit` | id (AUTOINCREMENT) | append-only verdict log: time, account, Message-ID, peer, verdict, rule, detail; never a body. Triggers abort every UPDATE and DELETE |
 //! | `kv` | key | small daemon facts (last push kind, last error) |
+//! | `grants` | (account, peer) | per-peer grants from the CLI and pairing: intents, state, expiry, Dispatch-Context rules, require-signature, the peer's key, source |
+//! | `pair_codes` | code_hash | single-use pair codes (SHA-256 only), their account, intents, rules and expiry |
 //!
 //! # Retention ([`Store::prune`], one transaction)
 //!
@@ -52,6 +54,7 @@
 
 mod audit;
 mod error;
+mod grants;
 mod outbox;
 mod processed;
 mod schema;
@@ -71,6 +74,7 @@ use rusqlite::{Connection, OptionalExtension, Row, params};
 
 pub use audit::{AuditEntry, AuditRecord};
 pub use error::StoreError;
+pub use grants::{GrantRecord, GrantSource, PairCode, PairCodeRefusal, state_name};
 pub use outbox::{OutboxItem, OutboxStatus, OutgoingMessage};
 pub use tasks::{NewTask, Role, StoredResult, Task, TaskFilter, TaskOrder, TaskState};
 pub use thread::{Direction, ThreadEntry};
@@ -344,6 +348,17 @@ impl Store {
 
     /// Applies every retention rule (module docs, "Retention") in one transaction.
     pub fn prune(&self, now: DateTime<Utc>) -> Result<PruneReport, StoreError> {
+        self.prune_keeping(now, PROCESSED_RETENTION)
+    }
+
+    /// [`Store::prune`], remembering processed mail for `dedup_retention` (`trust.dedup-retention`)
+    /// instead of 7 days; shorter values are raised to 7 days, and a mail's `Expires-At` still
+    /// keeps it longer.
+    pub fn prune_keeping(
+        &self,
+        now: DateTime<Utc>,
+        dedup_retention: TimeDelta,
+    ) -> Result<PruneReport, StoreError> {
         let run = |tx: &Connection| -> rusqlite::Result<PruneReport> {
             let index_before = count_rows(tx, "message_index")?;
             let tasks = tx.execute(
@@ -354,7 +369,10 @@ impl Store {
                 [ms(now - TASK_RETENTION)],
             )?;
             let index_after = count_rows(tx, "message_index")?;
-            let processed = processed::prune(tx, now - PROCESSED_RETENTION, now, true)?;
+            let cutoff = now
+                .checked_sub_signed(dedup_retention)
+                .unwrap_or(DateTime::<Utc>::MIN_UTC);
+            let processed = processed::prune(tx, cutoff, now, true)?;
             let outbox = tx.execute(
                 "DELETE FROM outbox WHERE (status = 'sent' AND sent_at < ?1)
                      OR (status = 'dead' AND created_at < ?2)",

@@ -120,8 +120,38 @@ CREATE TABLE IF NOT EXISTS kv (
 ) WITHOUT ROWID;
 "#;
 
+/// The grants store and pair codes (issue 6, the trust gate): see `grants.rs`.
+const V_GRANTS: &str = r#"
+CREATE TABLE IF NOT EXISTS grants (
+    account                 TEXT NOT NULL,
+    peer                    TEXT NOT NULL,
+    intents                 TEXT NOT NULL,
+    state                   TEXT NOT NULL
+                            CHECK (state IN ('active', 'declined', 'blocked', 'revoked')),
+    expires_at              INTEGER,
+    dispatch_context_rules  TEXT NOT NULL DEFAULT '{}',
+    require_signature       INTEGER NOT NULL DEFAULT 0,
+    peer_key                TEXT,
+    source                  TEXT NOT NULL CHECK (source IN ('config', 'cli', 'pairing')),
+    created_at              INTEGER NOT NULL,
+    updated_at              INTEGER NOT NULL,
+    PRIMARY KEY (account, peer)
+) WITHOUT ROWID;
+
+CREATE TABLE IF NOT EXISTS pair_codes (
+    code_hash               TEXT PRIMARY KEY NOT NULL,
+    account                 TEXT NOT NULL,
+    intents                 TEXT NOT NULL,
+    dispatch_context_rules  TEXT NOT NULL DEFAULT '{}',
+    expires_at              INTEGER NOT NULL,
+    created_at              INTEGER NOT NULL,
+    used_at                 INTEGER,
+    used_by                 TEXT
+) WITHOUT ROWID;
+"#;
+
 /// Every migration, in order: entry `i` takes a file from version `i` to `i + 1`.
-pub(super) const MIGRATIONS: &[&str] = &[V1];
+pub(super) const MIGRATIONS: &[&str] = &[V1, V_GRANTS];
 
 /// The schema version this build writes.
 pub(super) const SCHEMA_VERSION: usize = MIGRATIONS.len();

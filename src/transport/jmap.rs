@@ -45,9 +45,14 @@ pub const MAIL: &str = "urn:ietf:params:jmap:mail";
 /// The WebSocket capability ([RFC 8887](https://www.rfc-editor.org/rfc/rfc8887)).
 pub const WEBSOCKET: &str = "urn:ietf:params:jmap:websocket";
 /// Headers fetched besides the AAMP and ASMTP ones, for the trust gate and loop protection.
-pub const EXTRA_HEADERS: [&str; 4] = [
+///
+/// `Received` feeds the same-server submission rule (`trust.same-server-submission`);
+/// `X-ASMTP-Signature` is an agent signature; `X-ASMTP-Key` is the peer's public key in a
+/// pairing message.
+pub const EXTRA_HEADERS: [&str; 5] = [
     "Authentication-Results",
     "Auto-Submitted",
+    "Received",
     "X-ASMTP-Signature",
     "X-ASMTP-Key",
 ];

@@ -686,19 +686,24 @@ impl Requirement {
             .iter()
             .filter(|g| g.account == account && g.peer.matches(sender))
         {
-            requirement.required |= grant.require_signature;
-            if let Some(key) = grant
-                .peer_key
-                .as_deref()
-                .and_then(|k| PublicKey::parse(k).ok())
-            {
-                requirement.required = true;
-                if !requirement.pinned.contains(&key) {
-                    requirement.pinned.push(key);
-                }
-            }
+            requirement.add(grant.require_signature, grant.peer_key.as_deref());
         }
         requirement
+    }
+
+    /// Adds one grant's demands: `required`, and a pinned key (which requires a signature
+    /// too). A key that does not parse pins nothing but still requires a signature, so a
+    /// corrupt stored key fails closed.
+    pub fn add(&mut self, required: bool, peer_key: Option<&str>) {
+        self.required |= required;
+        if let Some(text) = peer_key {
+            self.required = true;
+            if let Ok(key) = PublicKey::parse(text)
+                && !self.pinned.contains(&key)
+            {
+                self.pinned.push(key);
+            }
+        }
     }
 }
 
@@ -791,13 +796,21 @@ impl InboundPolicy {
 
     /// [`check_inbound`] for a message from `sender` (the lowercased header From), with the
     /// key the message presents in `X-ASMTP-Key`, if any.
+    ///
+    /// `admitting` is what the grant that admitted the message demands besides the config
+    /// grants (a grant from the store: `require-signature`, and the key pinned by pairing or
+    /// `taskmail grants`), as `(required, peer key)`.
     pub fn check(
         &self,
         inbound: &Inbound,
         sender: &str,
+        admitting: Option<(bool, Option<&str>)>,
         now: DateTime<Utc>,
     ) -> Result<Checked, SignatureError> {
-        let requirement = Requirement::of(&self.grants, &self.account, sender);
+        let mut requirement = Requirement::of(&self.grants, &self.account, sender);
+        if let Some((required, key)) = admitting {
+            requirement.add(required, key);
+        }
         let presented = inbound.headers.get(PRESENTED_KEY_HEADER);
         check_inbound(&requirement, inbound, presented, now, self.window)
     }
@@ -1132,6 +1145,25 @@ allowed-senders = ["boss@example.test"]
         .trust()
         .grants
         .clone()
+    }
+
+    #[test]
+    fn a_stored_grant_adds_its_demands_and_a_corrupt_key_fails_closed() {
+        let pinned = key(1).public_key().to_text();
+        let mut requirement = Requirement::default();
+        requirement.add(false, None);
+        assert_eq!(requirement, Requirement::default());
+        requirement.add(false, Some(&pinned));
+        assert!(requirement.required);
+        assert_eq!(requirement.pinned, vec![key(1).public_key()]);
+        requirement.add(true, Some(&pinned));
+        assert_eq!(requirement.pinned.len(), 1, "the same key is pinned once");
+        let mut corrupt = Requirement::default();
+        corrupt.add(false, Some("ed25519:not-a-key"));
+        assert!(corrupt.required && corrupt.pinned.is_empty());
+        let out = dispatch("Hi", "Do it");
+        let good = signed_inbound(&out, &key(1), now());
+        assert!(check_inbound(&corrupt, &good, None, now(), WINDOW).is_err());
     }
 
     #[test]

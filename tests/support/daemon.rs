@@ -305,16 +305,31 @@ impl Worker {
 
 /// A validated account `user@domain` of `server`.
 pub(crate) fn account(server: &Server, user: &str) -> taskmail::config::Account {
+    account_as(
+        server,
+        user,
+        &format!("{user}@{}", server.domain),
+        &server.password,
+    )
+}
+
+/// A validated account named `name` for the mailbox `email` on `server` (e.g. an
+/// `other_account` at the second domain).
+pub(crate) fn account_as(
+    server: &Server,
+    name: &str,
+    email: &str,
+    password: &str,
+) -> taskmail::config::Account {
+    let user = name;
     let text = format!(
         r#"
 [accounts.{user}]
-email = "{user}@{domain}"
+email = "{email}"
 password = {{ raw = "{password}" }}
 smtp = {{ host = "{host}", port = {port}, tls = "plaintext", allow-plaintext = true, pool-size = 2, timeout = "15s" }}
 jmap = {{ session-url = "{session}", poll-interval = "30s" }}
 "#,
-        domain = server.domain,
-        password = server.password,
         host = server.smtp_host,
         port = server.submission_port,
         session = server.jmap_session_url,
@@ -380,7 +395,14 @@ pub(crate) struct Mailer {
 
 impl Mailer {
     pub(crate) async fn new(server: &Server, user: &str) -> Mailer {
-        let account = account(server, user);
+        Mailer::with_account(server, account(server, user)).await
+    }
+
+    /// A mailer for any validated account of `server` ([`account_as`]).
+    pub(crate) async fn with_account(
+        server: &Server,
+        account: taskmail::config::Account,
+    ) -> Mailer {
         let jmap = Arc::new(JmapClient::from_account(&account).await.unwrap());
         let smtp = SmtpSubmit::from_account(&account).unwrap();
         let inbox = jmap.inbox_id().await.unwrap();

@@ -43,6 +43,8 @@ account = "boss"
 [worker]
 account = "boss"
 allowed-senders = ["{WORKER}"]
+[trust]
+require-authentication = false
 "#,
         state = dir.display()
     );
