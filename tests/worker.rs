@@ -750,6 +750,19 @@ async fn the_run_command_serves_tasks_until_sigterm() {
                 "{label}: '{expected}' on stderr:\n{err}"
             );
         }
+        // Secrets never appear in logs, `--json` output or mail.
+        let events_text = serde_json::to_string(&events).unwrap();
+        let raw = format!("{:?}", mail.fetched.inbound);
+        for (what, text) in [
+            ("stderr", &err),
+            ("--json events", &events_text),
+            ("the result mail", &raw),
+        ] {
+            assert!(
+                !text.contains(server.password.as_str()),
+                "{label}: the account password appears in {what}"
+            );
+        }
     })
     .await;
 }
