@@ -83,6 +83,24 @@ fn check_domain(domain: &str) -> Result<(), &'static str> {
     Ok(())
 }
 
+/// A domain in the one form peers are compared in: lowercase ASCII, an internationalised name
+/// as its `xn--` A-label (IDNA, UTS #46), without a final dot. A name IDNA refuses is only
+/// lowercased (it then matches nothing but itself).
+pub fn normalize_domain(domain: &str) -> String {
+    let domain = domain.trim().trim_end_matches('.');
+    idna::domain_to_ascii(domain).unwrap_or_else(|_| domain.to_lowercase())
+}
+
+/// An address in the one form peers are compared in: the local part lowercased, the domain by
+/// [`normalize_domain`]. `Ada@Bücher.example` becomes `ada@xn--bcher-kva.example`.
+pub fn normalize_address(address: &str) -> String {
+    let address = address.trim();
+    match address.rsplit_once('@') {
+        Some((local, domain)) => format!("{}@{}", local.to_lowercase(), normalize_domain(domain)),
+        None => address.to_lowercase(),
+    }
+}
+
 /// Who a sender rule or grant applies to: one address, or everyone at a domain.
 ///
 /// Both are stored in lowercase, and [`matches`](PeerPattern::matches) compares without regard to
@@ -102,7 +120,7 @@ impl PeerPattern {
             text: text.to_owned(),
             reason,
         };
-        let lower = text.trim().to_lowercase();
+        let lower = normalize_address(text);
         if let Some(domain) = lower.strip_prefix("*@") {
             if domain.is_empty() || domain.contains(['*', '@']) {
                 return Err(fail(
@@ -126,7 +144,7 @@ impl PeerPattern {
 
     /// Whether `address` (a bare address) is covered by this pattern.
     pub fn matches(&self, address: &str) -> bool {
-        let address = address.trim().to_lowercase();
+        let address = normalize_address(address);
         match self {
             PeerPattern::Address(expected) => address == *expected,
             PeerPattern::Domain(domain) => address
@@ -317,6 +335,27 @@ fn split_host_port(authority: &str) -> Result<(&str, Option<u16>), &'static str>
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn peers_compare_in_one_form_whatever_the_spelling_of_the_domain() {
+        assert_eq!(
+            normalize_address(" Ada@Bücher.Example. "),
+            "ada@xn--bcher-kva.example"
+        );
+        let unicode = PeerPattern::parse("*@bücher.example").unwrap();
+        assert_eq!(unicode.to_string(), "*@xn--bcher-kva.example");
+        assert!(unicode.matches("ada@xn--bcher-kva.example"));
+        assert!(unicode.matches("Ada@BÜCHER.example"));
+        assert!(!unicode.matches("ada@bucher.example"));
+        let ascii = PeerPattern::parse("Ada@xn--bcher-kva.example").unwrap();
+        assert!(ascii.matches("ada@bücher.example"));
+        // Fullwidth letters fold to ASCII under UTS #46: no look-alike slips past a grant.
+        assert!(
+            PeerPattern::parse("boss@example.test")
+                .unwrap()
+                .matches("boss@ｅｘａｍｐｌｅ.test")
+        );
+    }
 
     #[test]
     fn emails() {

@@ -30,7 +30,10 @@ mod validate;
 use std::io;
 use std::path::{Path, PathBuf};
 
-pub use address::{AddressError, HttpUrl, PeerPattern, check_email, check_host, is_loopback_host};
+pub use address::{
+    AddressError, HttpUrl, PeerPattern, check_email, check_host, is_loopback_host,
+    normalize_address, normalize_domain,
+};
 pub use agent::{AgentProfileLayer, ExitAction, PLACEHOLDERS, PromptVia, RawAgentProfile};
 pub use diagnostic::{ConfigErrors, Diagnostic};
 pub use duration::{DurationError, format_duration, parse_duration};

@@ -248,8 +248,8 @@ pub fn ours(headers: &HeaderMap, authserv_id: &str) -> Option<AuthResults> {
 
 /// Relaxed alignment: equal, or one a subdomain of the other (both lowercase, no dots around).
 pub fn aligned(a: &str, b: &str) -> bool {
-    let a = a.trim().trim_end_matches('.').to_ascii_lowercase();
-    let b = b.trim().trim_end_matches('.').to_ascii_lowercase();
+    let a = crate::config::normalize_domain(a);
+    let b = crate::config::normalize_domain(b);
     if a.is_empty() || b.is_empty() {
         return false;
     }

@@ -42,10 +42,17 @@ work-dir = "$DEMO/$2/work"
 account = "$2"
 
 [trust]
-# the test server signs nothing; same-server mail is trusted by the sender policy alone
-require-authentication = false
+$TRUST
 CONF
 }
+# The trust gate authenticates the header From: on Stalwart by its real DKIM/DMARC verdicts
+# (the harness signs and verifies against a local DNS), on Cyrus+Postfix (no
+# Authentication-Results) by the same-server authenticated-submission rule.
+if [ -n "${AUTHSERV_ID:-}" ]; then
+    TRUST="authserv-id = \"$AUTHSERV_ID\""
+else
+    TRUST="same-server-submission = true"
+fi
 write_config "$DEMO/worker.toml" worker
 write_config "$DEMO/dispatcher.toml" dispatcher
 
