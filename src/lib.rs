@@ -35,4 +35,5 @@ pub mod ids;
 pub mod profile;
 pub mod store;
 pub mod transport;
+pub mod trust;
 pub mod wire;
