@@ -886,6 +886,8 @@ where
             plain_mail: false,
             shutdown_grace: worker.shutdown_grace,
             poll_interval: account.jmap.poll_interval,
+            quarantine_mailbox: config.trust().quarantine_mailbox.clone(),
+            authenticated: config.trust().require_authentication,
         },
         account,
         mail,
@@ -1027,6 +1029,7 @@ where
             sender,
             what: What::ForDispatcher { task_id },
             rule: "task-peer".to_owned(),
+            content: Default::default(),
             span: span.clone(),
         }))
     }

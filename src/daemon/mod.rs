@@ -251,6 +251,10 @@ pub(crate) struct Settings {
     pub(crate) plain_mail: bool,
     pub(crate) shutdown_grace: Duration,
     pub(crate) poll_interval: Duration,
+    /// `trust.quarantine-mailbox`: where high-risk mail goes.
+    pub(crate) quarantine_mailbox: String,
+    /// Whether the gate requires authentication, so that admitted mail is `verified`.
+    pub(crate) authenticated: bool,
 }
 
 /// The store behind a mutex: every call is short and never held across an `.await`.
@@ -460,6 +464,8 @@ where
             plain_mail: worker.plain_mail,
             shutdown_grace: worker.shutdown_grace,
             poll_interval: account.jmap.poll_interval,
+            quarantine_mailbox: config.trust().quarantine_mailbox.clone(),
+            authenticated: config.trust().require_authentication,
         },
         account,
         mail,

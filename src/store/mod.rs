@@ -28,6 +28,7 @@
 //! | `outbox` | message_id | rendered messages to submit: envelope, bytes, status `pending`/`sent`/`dead`, attempts, last error, next attempt |
 //! | `audit` | id (AUTOINCREMENT) | append-only verdict log: time, account, Message-ID, peer, verdict, rule, detail; never a body. Triggers abort every UPDATE and DELETE |
 //! | `kv` | key | small daemon facts (last push kind, last error) |
+//! | `quarantine` | (account, email_id) | mail the injection scan held back: Message-ID, sender, subject, risk, flags (JSON), state `held`/`released`/`done`/`dropped` (migration 2) |
 //!
 //! # Retention ([`Store::prune`], one transaction)
 //!
@@ -54,6 +55,7 @@ mod audit;
 mod error;
 mod outbox;
 mod processed;
+mod quarantine;
 mod schema;
 mod tasks;
 mod thread;
@@ -72,6 +74,7 @@ use rusqlite::{Connection, OptionalExtension, Row, params};
 pub use audit::{AuditEntry, AuditRecord};
 pub use error::StoreError;
 pub use outbox::{OutboxItem, OutboxStatus, OutgoingMessage};
+pub use quarantine::{QuarantineState, Quarantined};
 pub use tasks::{NewTask, Role, StoredResult, Task, TaskFilter, TaskOrder, TaskState};
 pub use thread::{Direction, ThreadEntry};
 

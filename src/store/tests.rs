@@ -152,7 +152,10 @@ fn open_creates_dirs_and_sets_pragmas() {
     assert_eq!(pragma_text(&store.conn, "synchronous"), "1");
     assert_eq!(pragma_text(&store.conn, "foreign_keys"), "1");
     assert_eq!(pragma_text(&store.conn, "busy_timeout"), "5000");
-    assert_eq!(pragma_text(&store.conn, "user_version"), "1");
+    assert_eq!(
+        pragma_text(&store.conn, "user_version"),
+        schema::SCHEMA_VERSION.to_string()
+    );
     #[cfg(unix)]
     {
         use std::os::unix::fs::PermissionsExt;
@@ -194,7 +197,8 @@ fn migrates_from_an_empty_file() {
         assert_eq!(schema::user_version(&conn).unwrap(), 0);
     }
     let store = Store::open(&path).unwrap();
-    assert_eq!(schema::user_version(&store.conn).unwrap(), 1);
+    let latest = i64::try_from(schema::SCHEMA_VERSION).unwrap();
+    assert_eq!(schema::user_version(&store.conn).unwrap(), latest);
     let names = tables(&store.conn);
     for table in [
         "audit",
@@ -207,7 +211,7 @@ fn migrates_from_an_empty_file() {
     ] {
         assert!(names.iter().any(|n| n == table), "{table} in {names:?}");
     }
-    assert_eq!(Store::schema_version(), 1);
+    assert_eq!(Store::schema_version(), schema::SCHEMA_VERSION);
 }
 
 #[test]
@@ -229,12 +233,15 @@ fn reopening_keeps_data_and_version() {
     assert!(store.is_processed(ACCOUNT, "e1").unwrap());
     let task = store.get_task(ACCOUNT, &tid("t1"), Role::Worker).unwrap();
     assert_eq!(task.unwrap().state, TaskState::Queued);
-    // From v1, the migration list is a no-op.
+    // Opening applied every later migration; the list is now a no-op.
     assert_eq!(
         schema::migrate(&mut store.conn, schema::MIGRATIONS).unwrap(),
-        1
+        schema::SCHEMA_VERSION
     );
-    assert_eq!(schema::user_version(&store.conn).unwrap(), 1);
+    assert_eq!(
+        schema::user_version(&store.conn).unwrap(),
+        i64::try_from(schema::SCHEMA_VERSION).unwrap()
+    );
 }
 
 #[test]
@@ -244,11 +251,14 @@ fn a_later_migration_applies_on_v1_once() {
         .upsert_task(&worker_task("t1", TaskState::Queued), t(0))
         .unwrap();
     let v2 = "ALTER TABLE tasks ADD COLUMN note TEXT;";
-    let list = [schema::MIGRATIONS[0], v2];
-    assert_eq!(schema::migrate(&mut store.conn, &list).unwrap(), 1);
-    assert_eq!(schema::user_version(&store.conn).unwrap(), 2);
+    let mut list = schema::MIGRATIONS.to_vec();
+    list.push(v2);
+    let n = schema::SCHEMA_VERSION;
+    let next = i64::try_from(n + 1).unwrap();
+    assert_eq!(schema::migrate(&mut store.conn, &list).unwrap(), n);
+    assert_eq!(schema::user_version(&store.conn).unwrap(), next);
     // Again: nothing to do (the ALTER would fail if it ran twice).
-    assert_eq!(schema::migrate(&mut store.conn, &list).unwrap(), 2);
+    assert_eq!(schema::migrate(&mut store.conn, &list).unwrap(), n + 1);
     let note: Option<String> = store
         .conn
         .query_row("SELECT note FROM tasks WHERE task_id = 't1'", [], |r| {
@@ -256,16 +266,10 @@ fn a_later_migration_applies_on_v1_once() {
         })
         .unwrap();
     assert_eq!(note, None);
-    // The v1-only list now meets a newer file.
+    // The shorter list now meets a newer file.
     let err = schema::migrate(&mut store.conn, schema::MIGRATIONS).unwrap_err();
     assert!(
-        matches!(
-            err,
-            StoreError::TooNew {
-                found: 2,
-                supported: 1
-            }
-        ),
+        matches!(err, StoreError::TooNew { found, supported } if found == next && supported == n),
         "{err:?}"
     );
 }
@@ -274,13 +278,18 @@ fn a_later_migration_applies_on_v1_once() {
 fn a_failing_migration_leaves_the_previous_version() {
     let mut store = mem();
     let bad = "CREATE TABLE half (x INTEGER); THIS IS NOT SQL;";
-    let list = [schema::MIGRATIONS[0], bad];
+    let mut list = schema::MIGRATIONS.to_vec();
+    list.push(bad);
+    let n = schema::SCHEMA_VERSION;
     let err = schema::migrate(&mut store.conn, &list).unwrap_err();
     assert!(
-        matches!(err, StoreError::Migrate { version: 2, .. }),
+        matches!(err, StoreError::Migrate { version, .. } if version == n + 1),
         "{err:?}"
     );
-    assert_eq!(schema::user_version(&store.conn).unwrap(), 1);
+    assert_eq!(
+        schema::user_version(&store.conn).unwrap(),
+        i64::try_from(n).unwrap()
+    );
     assert!(!tables(&store.conn).iter().any(|n| n == "half"));
 }
 
@@ -295,7 +304,10 @@ fn a_newer_file_is_refused() {
     let err = Store::open(&path).unwrap_err();
     assert_eq!(
         err.to_string(),
-        "cannot use a store at schema version 7: this taskmail knows versions up to 1"
+        format!(
+            "cannot use a store at schema version 7: this taskmail knows versions up to {}",
+            schema::SCHEMA_VERSION
+        )
     );
 }
 
@@ -1432,7 +1444,10 @@ fn stats_count_rows_and_bytes() {
     let store = mem();
     let empty = store.stats().unwrap();
     assert_eq!(empty.path, None);
-    assert_eq!(empty.schema_version, 1);
+    assert_eq!(
+        empty.schema_version,
+        i64::try_from(schema::SCHEMA_VERSION).unwrap()
+    );
     assert_eq!(empty.tasks, 0);
     assert!(empty.db_bytes > 0);
     assert_eq!(empty.wal_bytes, 0);
