@@ -16,6 +16,7 @@ pub mod doctor;
 pub mod listen;
 pub mod output;
 pub mod parse;
+pub mod quarantine;
 pub mod render;
 pub mod run;
 pub mod task;
@@ -266,6 +267,9 @@ pub enum Command {
     /// Check the config, the state dir, SMTP, JMAP, push and the agent, with a fix for each
     /// problem.
     Doctor(doctor::DoctorCommand),
+    /// List, release or drop the mail the injection scan held in quarantine.
+    #[command(subcommand)]
+    Quarantine(quarantine::QuarantineCommand),
 }
 
 impl Cli {
@@ -293,6 +297,9 @@ impl Cli {
                 c.execute(self.global.config, &crate::config::Env::from_process())
             }
             Command::Doctor(c) => {
+                c.execute(self.global.config, &crate::config::Env::from_process())
+            }
+            Command::Quarantine(c) => {
                 c.execute(self.global.config, &crate::config::Env::from_process())
             }
         }
