@@ -432,9 +432,28 @@ where
         let inbound = &take.fetched.inbound;
         let body = inbound.body.as_ref();
         let html = body.and_then(|b| b.html.as_deref());
-        let text = plain_text(body.and_then(|b| b.text.as_deref()), html);
+        let text = body.and_then(|b| b.text.as_deref());
         let subject = inbound.subject.as_deref().unwrap_or_default();
-        let report = scan::scan(&format!("{subject}\n\n{text}"), html);
+        // NOTE: the scan reads what the agent will be given: a dispatch's title and
+        // instructions, a reply without the quoted history (which holds our own earlier mail),
+        // a plain mail's new text.
+        let agent_text = match (&take.what, classify(inbound)) {
+            (What::Dispatch, Classified::Aamp(parsed)) => match parsed.message.payload {
+                Payload::Dispatch(d) => format!("{}\n\n{}", d.title, d.instructions),
+                _ => String::new(),
+            },
+            (What::Reply { .. }, Classified::Reply { text, .. }) => text.unwrap_or_default(),
+            _ => {
+                let new = crate::wire::reply::human_reply(text, html);
+                let new = if new.trim().is_empty() {
+                    plain_text(text, html)
+                } else {
+                    new
+                };
+                format!("{subject}\n\n{new}")
+            }
+        };
+        let report = scan::scan(&agent_text, html);
         take.content = ContentTrust {
             level: TrustLevel::of(self.settings.authenticated, true),
             risk: report.risk,
