@@ -20,6 +20,7 @@ pub mod listen;
 pub mod output;
 pub mod pair;
 pub mod parse;
+pub mod quarantine;
 pub mod render;
 pub mod run;
 pub mod task;
@@ -294,6 +295,9 @@ pub enum Command {
     Pair(pair::PairCommand),
     /// Read the trust verdict log (every admit and refusal, never a body).
     Audit(audit::AuditCommand),
+    /// List, release or drop the mail the injection scan held in quarantine.
+    #[command(subcommand)]
+    Quarantine(quarantine::QuarantineCommand),
 }
 
 impl Cli {
@@ -329,6 +333,9 @@ impl Cli {
             }
             Command::Pair(c) => c.execute(self.global.config, &crate::config::Env::from_process()),
             Command::Audit(c) => c.execute(self.global.config, &crate::config::Env::from_process()),
+            Command::Quarantine(c) => {
+                c.execute(self.global.config, &crate::config::Env::from_process())
+            }
         }
     }
 }

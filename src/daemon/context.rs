@@ -16,6 +16,8 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 use crate::store::{Store, StoreError, TASK_RETENTION, TaskFilter, TaskState};
+use crate::trust::content::TrustLevel;
+use crate::trust::scan::{Flag, MAX_FLAGS, Risk};
 use crate::wire::aamp::TaskId;
 
 /// Most bytes of the instructions kept.
@@ -78,6 +80,37 @@ pub(crate) struct BlobRef {
     pub(crate) size: usize,
 }
 
+/// What the trust checks said about a task's mail (`protocol/trust.md` point 5): handed to the
+/// agent with every run (prompt, `task.json`, environment).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub(crate) struct ContentTrust {
+    /// `verified` only when every mail of the task was authenticated and granted.
+    pub(crate) level: TrustLevel,
+    /// The highest risk the scan gave any mail of the task.
+    pub(crate) risk: Risk,
+    /// The scan's flags over the task's mail (capped).
+    pub(crate) flags: Vec<Flag>,
+    /// The Message-ID of the mail (for the wrapper's `message-id` attribute).
+    pub(crate) message_id: Option<String>,
+}
+
+impl ContentTrust {
+    /// Adds a later mail of the same task: the lower trust, the higher risk, all flags.
+    pub(crate) fn merge(&mut self, later: &ContentTrust) {
+        self.level = self.level.min(later.level);
+        self.risk = self.risk.max(later.risk);
+        for flag in &later.flags {
+            if self.flags.len() >= 2 * MAX_FLAGS {
+                break;
+            }
+            if !self.flags.contains(flag) {
+                self.flags.push(flag.clone());
+            }
+        }
+    }
+}
+
 /// The conversation of one worker task.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -100,6 +133,9 @@ pub(crate) struct TaskContext {
     pub(crate) emails: Vec<String>,
     /// Runs cut short by a crash or a shutdown since the last finished run.
     pub(crate) interruptions: u32,
+    /// Trust level and scan flags of the task's mail.
+    #[serde(default)]
+    pub(crate) trust: ContentTrust,
 }
 
 impl TaskContext {

@@ -896,6 +896,8 @@ where
             poll_interval: account.jmap.poll_interval,
             dedup_retention: config.trust().dedup_retention,
             state_dir: config.state_dir().to_path_buf(),
+            quarantine_mailbox: config.trust().quarantine_mailbox.clone(),
+            authenticated: config.trust().require_authentication,
         },
         account,
         mail,
@@ -1066,7 +1068,7 @@ where
                 "authentication-off" => "task-peer".to_owned(),
                 evidence => format!("task-peer [{evidence}]"),
             },
-            grant: None,
+            content: Default::default(),
             span: span.clone(),
             // NOTE: the dispatcher side does not check agent signatures yet (README "Agent
             // signatures", known gaps).

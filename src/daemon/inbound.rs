@@ -32,8 +32,14 @@
 //!    is someone else's). The claim is journalled in the store before it is made. A full
 //!    competing-consumer lease (expiry, renewal, takeover) replaces `Core::claim` later; it
 //!    keeps this call site.
-//! 7. `Email/get` with bodies for the claimed mail only, then [`super::worker`] routes each,
-//!    in order of arrival, inside a `message` tracing span (`message_id`, `intent`, `task_id`).
+//! 7. `Email/get` with bodies for the claimed mail only; the body phase: the injection scan
+//!    ([`crate::trust::scan`]) over the subject and the body as plain text sets the trust level
+//!    and flags the agent will get; high risk moves the mail to `trust.quarantine-mailbox`
+//!    (created when missing), marks it `quarantined` and audits the flags, with no ack. Then
+//!    [`super::worker`] routes each, in order of arrival, inside a `message` tracing span
+//!    (`message_id`, `intent`, `task_id`). Before step 2 every pass also takes the mail the
+//!    operator released from quarantine (`taskmail quarantine release`): it goes through steps
+//!    3 to 7 again, gate included, without being held again.
 //! 8. The JMAP state is saved once the whole batch is processed.
 //!
 //! A mail whose routing keeps failing is given up after [`MAX_ROUTE_FAILURES`] passes (marked
@@ -46,13 +52,16 @@ use chrono::{DateTime, TimeDelta, Utc};
 use tokio::sync::mpsc;
 use tracing::Instrument as _;
 
+use super::context::ContentTrust;
 use super::events::EventKind;
 use super::gate::{GateInput, GateKind, Verdict};
 use super::outbound::{self, Reply, Style};
 use super::{Core, Execute};
 use crate::config::OnRefused;
-use crate::store::{AuditEntry, Role, Store, StoreError};
+use crate::store::{AuditEntry, QuarantineState, Quarantined, Role, Store, StoreError};
 use crate::transport::{Fetched, Hint, JmapError, MailStore, Submit};
+use crate::trust::content::{TrustLevel, plain_text};
+use crate::trust::scan::{self, Risk};
 use crate::trust::sign::{BodyView, Checked, HeadersVerified};
 use crate::wire::aamp::{Intent, Payload, Status, TaskId, TaskResult};
 use crate::wire::{Classified, classify};
@@ -78,6 +87,10 @@ const CLAIM_TRIES: usize = 8;
 pub(crate) const NOT_TASK_PEER: &str = "not-task-peer";
 /// Failed routing passes before a mail is given up.
 pub const MAX_ROUTE_FAILURES: u32 = 5;
+/// The verdict (processed mark and audit) of a mail held in quarantine.
+pub const QUARANTINED: &str = "quarantined";
+/// The audit rule of a quarantine: the injection scan.
+pub const SCAN_RULE: &str = "injection-scan";
 
 /// Why a pass over the mailbox failed (retried with backoff).
 #[derive(Debug, thiserror::Error)]
@@ -116,12 +129,8 @@ pub(crate) struct Take {
     pub(crate) what: What,
     /// The gate rule that admitted it.
     pub(crate) rule: String,
-    /// The grant that admitted it (`None`: `allowed-senders`, or mail for our own task).
-    #[allow(
-        dead_code,
-        reason = "read by the agent-signature check (X-ASMTP-Signature), which runs after the gate"
-    )]
-    pub(crate) grant: Option<crate::store::GrantRecord>,
+    /// The trust level and scan flags (set in the body phase).
+    pub(crate) content: ContentTrust,
     /// The `message` span.
     pub(crate) span: tracing::Span,
     /// A signature whose headers verified: the body is checked once fetched.
@@ -226,8 +235,10 @@ where
     S: Submit + 'static,
     A: Execute + 'static,
 {
-    /// One pass: changes (or a back-fill) since the saved state, processed, state saved.
+    /// One pass: mail released from quarantine, then changes (or a back-fill) since the saved
+    /// state, processed, state saved.
     pub(crate) async fn sync(&self) -> Result<(), SyncError> {
+        self.take_released().await?;
         let since = self.db.with(|s| s.jmap_state(&self.cursor))?;
         let Some(since) = since else {
             let state = self.mail.state().await?;
@@ -372,9 +383,172 @@ where
                 if !self.check_signed_body(&take)? {
                     continue;
                 }
-                self.route_guarded(take).await?;
+                let span = take.span.clone();
+                if self.inspect(&mut take).instrument(span).await? {
+                    self.route_guarded(take).await?;
+                }
             }
         }
+        Ok(())
+    }
+
+    /// The release hook (step 1b): mail `taskmail quarantine release` moved back to the Inbox.
+    /// A move is an update in `Email/changes`, never a creation, so the store's `released`
+    /// rows are the signal, checked on every pass (the push hint the move causes starts one).
+    /// Each goes through steps 3 to 7 again (the release forgot its processed mark): the gate
+    /// and the claim, but no quarantine ([`Self::inspect`]). Then the rows are `done`.
+    async fn take_released(&self) -> Result<(), SyncError> {
+        if !self.worker {
+            return Ok(());
+        }
+        let released = self
+            .db
+            .with(|s| s.quarantine_list(&self.key, Some(QuarantineState::Released)))?;
+        if released.is_empty() {
+            return Ok(());
+        }
+        let ids: Vec<String> = released.iter().map(|q| q.email_id.clone()).collect();
+        tracing::info!(
+            count = ids.len(),
+            "mail released from quarantine; processing it again"
+        );
+        self.process(ids.clone(), None).await?;
+        let now = self.now();
+        self.db.atomically(|s| {
+            for id in &ids {
+                s.quarantine_transition(
+                    &self.key,
+                    id,
+                    &[QuarantineState::Released],
+                    QuarantineState::Done,
+                    now,
+                )?;
+            }
+            Ok(())
+        })?;
+        Ok(())
+    }
+
+    /// The body phase (step 7, before routing): the injection scan over the text an agent
+    /// would get. Sets the take's trust level and flags. High risk: the mail moves to the
+    /// quarantine mailbox, no ack, nothing runs (false). A mail the operator released is not
+    /// held again (its flags still go to the agent).
+    async fn inspect(&self, take: &mut Take) -> Result<bool, SyncError> {
+        if !matches!(take.what, What::Dispatch | What::Reply { .. } | What::Plain) {
+            // NOTE: cancels carry no text for an agent; mail for our dispatches goes to the
+            // dispatcher, never to an agent.
+            return Ok(true);
+        }
+        let inbound = &take.fetched.inbound;
+        let body = inbound.body.as_ref();
+        let html = body.and_then(|b| b.html.as_deref());
+        let text = body.and_then(|b| b.text.as_deref());
+        let subject = inbound.subject.as_deref().unwrap_or_default();
+        // NOTE: the scan reads what the agent will be given: a dispatch's title and
+        // instructions, a reply without the quoted history (which holds our own earlier mail),
+        // a plain mail's new text.
+        let agent_text = match (&take.what, classify(inbound)) {
+            (What::Dispatch, Classified::Aamp(parsed)) => match parsed.message.payload {
+                Payload::Dispatch(d) => format!("{}\n\n{}", d.title, d.instructions),
+                _ => String::new(),
+            },
+            (What::Reply { .. }, Classified::Reply { text, .. }) => text.unwrap_or_default(),
+            _ => {
+                let new = crate::wire::reply::human_reply(text, html);
+                let new = if new.trim().is_empty() {
+                    plain_text(text, html)
+                } else {
+                    new
+                };
+                format!("{subject}\n\n{new}")
+            }
+        };
+        let report = scan::scan(&agent_text, html);
+        take.content = ContentTrust {
+            level: TrustLevel::of(self.settings.authenticated, true),
+            risk: report.risk,
+            flags: report.flags.clone(),
+            message_id: inbound.message_id.clone(),
+        };
+        if report.flags.is_empty() {
+            return Ok(true);
+        }
+        tracing::info!(scan = %report.summary(), "injection scan flagged this mail");
+        if report.risk < Risk::High {
+            return Ok(true);
+        }
+        let released = self
+            .db
+            .with(|s| s.quarantine_get(&self.key, &take.fetched.id))?
+            .is_some_and(|q| q.state == QuarantineState::Released);
+        if released {
+            tracing::info!("released by the operator: not held again");
+            return Ok(true);
+        }
+        self.quarantine(take, &report).await?;
+        Ok(false)
+    }
+
+    /// Holds a high-risk mail: recorded in the store, moved to the quarantine mailbox (created
+    /// when missing) without our claim keyword, marked processed `quarantined` and audited with
+    /// the flags (never the body). No ack; nothing runs.
+    async fn quarantine(&self, take: &Take, report: &scan::Report) -> Result<(), SyncError> {
+        let fetched = &take.fetched;
+        let now = self.now();
+        let flags = serde_json::to_string(&report.flags).unwrap_or_else(|_| "[]".to_owned());
+        // NOTE: the row first: a crash after the move leaves a row that says where the mail
+        // went; the claim journal makes the next pass finish the job.
+        self.db.with(|s| {
+            s.quarantine_hold(&Quarantined {
+                account: self.key.clone(),
+                email_id: fetched.id.clone(),
+                message_id: fetched.inbound.message_id.clone(),
+                sender: fetched.inbound.sender(),
+                subject: fetched.inbound.subject.clone(),
+                risk: report.risk.as_str().to_owned(),
+                flags,
+                state: QuarantineState::Held,
+                quarantined_at: now,
+                updated_at: now,
+            })
+        })?;
+        let mailbox = crate::transport::find_or_create_mailbox(
+            &*self.mail,
+            &self.settings.quarantine_mailbox,
+        )
+        .await?;
+        self.mail.move_to(&fetched.id, &mailbox.id).await?;
+        if let Err(error) = self
+            .mail
+            .set_keywords(&fetched.id, &[], &[CLAIMED], None)
+            .await
+        {
+            tracing::warn!(error = %crate::transport::smtp::error_chain(&error), "cannot drop the claim keyword of a quarantined mail");
+        }
+        self.db.atomically(|s| {
+            settle(
+                s,
+                &self.key,
+                fetched,
+                QUARANTINED,
+                Some(SCAN_RULE),
+                Some(report.summary()),
+                None,
+                now,
+            )
+        })?;
+        tracing::warn!(
+            mailbox = %self.settings.quarantine_mailbox,
+            scan = %report.summary(),
+            "high injection risk: quarantined; no ack, nothing runs"
+        );
+        self.events.emit(
+            now,
+            EventKind::Ignored {
+                message_id: fetched.inbound.message_id.clone(),
+                verdict: QUARANTINED.to_owned(),
+            },
+        );
         Ok(())
     }
 
@@ -637,7 +811,7 @@ where
             sender,
             what,
             rule,
-            grant,
+            content: ContentTrust::default(),
             span: span.clone(),
             signature,
         }))

@@ -260,6 +260,10 @@ pub(crate) struct Settings {
     pub(crate) dedup_retention: Duration,
     /// The state directory (`keys/<account>.pub` is our pairing key).
     pub(crate) state_dir: std::path::PathBuf,
+    /// `trust.quarantine-mailbox`: where high-risk mail goes.
+    pub(crate) quarantine_mailbox: String,
+    /// Whether the gate requires authentication, so that admitted mail is `verified`.
+    pub(crate) authenticated: bool,
 }
 
 /// The store behind a mutex: every call is short and never held across an `.await`.
@@ -495,6 +499,8 @@ where
             poll_interval: account.jmap.poll_interval,
             dedup_retention: config.trust().dedup_retention,
             state_dir: config.state_dir().to_path_buf(),
+            quarantine_mailbox: config.trust().quarantine_mailbox.clone(),
+            authenticated: config.trust().require_authentication,
         },
         account,
         mail,

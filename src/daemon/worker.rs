@@ -552,6 +552,7 @@ where
             };
             ctx.add_email(&fetched.id);
             ctx.add_attachments(blob_refs(fetched));
+            ctx.trust = take.content.clone();
             let task = s
                 .get_task(&self.key, &task_id, Role::Worker)?
                 .ok_or_else(|| no_task(&self.key, &task_id))?;
@@ -674,6 +675,7 @@ where
             ctx.reply_to = target_of(fetched);
             ctx.add_email(&fetched.id);
             ctx.add_attachments(blob_refs(fetched));
+            ctx.trust.merge(&take.content);
             done.events.push(EventKind::Received {
                 task_id: task_id.clone(),
                 message_id: fetched.inbound.message_id.clone(),
@@ -1156,6 +1158,9 @@ fn build_request(task: &Task, ctx: &TaskContext, files: Vec<(String, Vec<u8>)>) 
         "thread": ctx.turns,
         "answer": ctx.answer.as_ref().map(|a| &a.text),
         "attachments": files.iter().map(|(name, bytes)| json!({"name": name, "size": bytes.len()})).collect::<Vec<_>>(),
+        "trust": ctx.trust.level,
+        "risk": ctx.trust.risk,
+        "flags": ctx.trust.flags,
     });
     RunRequest {
         task_id: task.task_id.clone(),
@@ -1168,6 +1173,11 @@ fn build_request(task: &Task, ctx: &TaskContext, files: Vec<(String, Vec<u8>)>) 
         answer: ctx.answer.as_ref().map(|a| a.text.clone()),
         attachments: files,
         task_json,
+        trust: ctx.trust.level,
+        risk: ctx.trust.risk,
+        flags: ctx.trust.flags.clone(),
+        message_id: ctx.trust.message_id.clone(),
+        nonce: crate::trust::content::Nonce::random(),
     }
 }
 

@@ -30,6 +30,7 @@
 //! | `kv` | key | small daemon facts (last push kind, last error) |
 //! | `grants` | (account, peer) | per-peer grants from the CLI and pairing: intents, state, expiry, Dispatch-Context rules, require-signature, the peer's key, source |
 //! | `pair_codes` | code_hash | single-use pair codes (SHA-256 only), their account, intents, rules and expiry |
+//! | `quarantine` | (account, email_id) | mail the injection scan held back: Message-ID, sender, subject, risk, flags (JSON), state `held`/`released`/`done`/`dropped` (migration 3) |
 //!
 //! # Retention ([`Store::prune`], one transaction)
 //!
@@ -57,6 +58,7 @@ mod error;
 mod grants;
 mod outbox;
 mod processed;
+mod quarantine;
 mod schema;
 mod tasks;
 mod thread;
@@ -76,6 +78,7 @@ pub use audit::{AuditEntry, AuditRecord};
 pub use error::StoreError;
 pub use grants::{GrantRecord, GrantSource, PairCode, PairCodeRefusal, state_name};
 pub use outbox::{OutboxItem, OutboxStatus, OutgoingMessage};
+pub use quarantine::{QuarantineState, Quarantined};
 pub use tasks::{NewTask, Role, StoredResult, Task, TaskFilter, TaskOrder, TaskState};
 pub use thread::{Direction, ThreadEntry};
 

@@ -150,8 +150,28 @@ CREATE TABLE IF NOT EXISTS pair_codes (
 ) WITHOUT ROWID;
 "#;
 
+/// The quarantine (`protocol/trust.md` point 5): mail the injection scan held back, its flags
+/// (JSON, never the body) and its state: `held` in the quarantine mailbox, `released` by the
+/// operator and waiting for the daemon, `done` once the daemon took it again, `dropped`.
+const V_QUARANTINE: &str = r#"
+CREATE TABLE IF NOT EXISTS quarantine (
+    account         TEXT NOT NULL,
+    email_id        TEXT NOT NULL,
+    message_id      TEXT,
+    sender          TEXT,
+    subject         TEXT,
+    risk            TEXT NOT NULL,
+    flags           TEXT NOT NULL,
+    state           TEXT NOT NULL CHECK (state IN ('held', 'released', 'done', 'dropped')),
+    quarantined_at  INTEGER NOT NULL,
+    updated_at      INTEGER NOT NULL,
+    PRIMARY KEY (account, email_id)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS quarantine_by_state ON quarantine (account, state);
+"#;
+
 /// Every migration, in order: entry `i` takes a file from version `i` to `i + 1`.
-pub(super) const MIGRATIONS: &[&str] = &[V1, V_GRANTS];
+pub(super) const MIGRATIONS: &[&str] = &[V1, V_GRANTS, V_QUARANTINE];
 
 /// The schema version this build writes.
 pub(super) const SCHEMA_VERSION: usize = MIGRATIONS.len();

@@ -1176,6 +1176,96 @@ impl MailStore for JmapClient {
         self.email_set(id, json!({ "mailboxIds": { mailbox_id: true } }), None)
             .await
     }
+
+    async fn create_mailbox(&self, name: &str) -> Result<MailboxInfo, JmapError> {
+        let answer = self
+            .call(
+                "Mailbox/set",
+                json!({ "create": { "new": { "name": name, "parentId": null } } }),
+            )
+            .await?;
+        if let Some(error) = answer.get("notCreated").and_then(|n| n.get("new")) {
+            return Err(JmapError::SetFailed {
+                id: name.to_owned(),
+                kind: error
+                    .get("type")
+                    .and_then(Value::as_str)
+                    .unwrap_or("unknown")
+                    .to_owned(),
+                description: error
+                    .get("description")
+                    .and_then(Value::as_str)
+                    .map(str::to_owned),
+            });
+        }
+        let id = answer
+            .get("created")
+            .and_then(|c| c.get("new"))
+            .and_then(|n| n.get("id"))
+            .and_then(Value::as_str)
+            .ok_or_else(|| JmapError::Protocol {
+                url: self.session().api_url.clone(),
+                reason: "Mailbox/set created no mailbox".to_owned(),
+                source: None,
+            })?;
+        Ok(MailboxInfo {
+            id: id.to_owned(),
+            name: name.to_owned(),
+            role: None,
+        })
+    }
+
+    async fn query_mailbox(
+        &self,
+        mailbox_id: &str,
+        limit: usize,
+    ) -> Result<Vec<String>, JmapError> {
+        let answer = self
+            .call(
+                "Email/query",
+                json!({
+                    "filter": { "inMailbox": mailbox_id },
+                    "sort": [{ "property": "receivedAt", "isAscending": false }],
+                    "limit": limit,
+                    "calculateTotal": false,
+                }),
+            )
+            .await?;
+        Ok(answer
+            .get("ids")
+            .and_then(Value::as_array)
+            .map(|a| {
+                a.iter()
+                    .filter_map(Value::as_str)
+                    .map(str::to_owned)
+                    .collect()
+            })
+            .unwrap_or_default())
+    }
+
+    async fn destroy_email(&self, id: &str) -> Result<(), JmapError> {
+        let answer = self.call("Email/set", json!({ "destroy": [id] })).await?;
+        let destroyed = answer
+            .get("destroyed")
+            .and_then(Value::as_array)
+            .is_some_and(|d| d.iter().any(|x| x.as_str() == Some(id)));
+        if destroyed {
+            return Ok(());
+        }
+        let error = answer.get("notDestroyed").and_then(|n| n.get(id));
+        Err(JmapError::SetFailed {
+            id: id.to_owned(),
+            kind: error
+                .and_then(|e| e.get("type"))
+                .and_then(Value::as_str)
+                .unwrap_or("notFound")
+                .to_owned(),
+            description: error
+                .and_then(|e| e.get("description"))
+                .and_then(Value::as_str)
+                .map(str::to_owned),
+        })
+    }
 }
 
 /// Merges `Email/changes` pages: an id created and destroyed in the window never existed for

@@ -214,6 +214,42 @@ pub trait MailStore: Send + Sync {
         id: &str,
         mailbox_id: &str,
     ) -> impl Future<Output = Result<SetOutcome, JmapError>> + Send;
+
+    /// Creates a top-level mailbox called `name` (`Mailbox/set`); use
+    /// [`find_or_create_mailbox`] to reuse an existing one.
+    fn create_mailbox(
+        &self,
+        name: &str,
+    ) -> impl Future<Output = Result<MailboxInfo, JmapError>> + Send;
+
+    /// The ids of the emails in `mailbox_id`, newest first, at most `limit` (`Email/query`).
+    fn query_mailbox(
+        &self,
+        mailbox_id: &str,
+        limit: usize,
+    ) -> impl Future<Output = Result<Vec<String>, JmapError>> + Send;
+
+    /// Destroys one email (`Email/set` destroy); a missing one is [`JmapError::SetFailed`]
+    /// with `notFound`.
+    fn destroy_email(&self, id: &str) -> impl Future<Output = Result<(), JmapError>> + Send;
+}
+
+/// The mailbox called `name`, created when there is none (the quarantine mailbox).
+pub async fn find_or_create_mailbox<M: MailStore>(
+    mail: &M,
+    name: &str,
+) -> Result<MailboxInfo, JmapError> {
+    if let Some(found) = mail.mailbox_by_name(name).await? {
+        return Ok(found);
+    }
+    match mail.create_mailbox(name).await {
+        Ok(created) => Ok(created),
+        // NOTE: another daemon (or the CLI) may have created it meanwhile.
+        Err(error) => match mail.mailbox_by_name(name).await? {
+            Some(found) => Ok(found),
+            None => Err(error),
+        },
+    }
 }
 
 /// Why a [`Backoff`] cannot be built.

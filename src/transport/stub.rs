@@ -491,6 +491,50 @@ impl MailStore for MemoryStore {
             email.mailbox_ids = BTreeSet::from([mailbox_id.to_owned()]);
         })
     }
+
+    async fn create_mailbox(&self, name: &str) -> Result<MailboxInfo, JmapError> {
+        drop(self.begin()?);
+        let id = self.add_mailbox(name, None);
+        Ok(MailboxInfo {
+            id,
+            name: name.to_owned(),
+            role: None,
+        })
+    }
+
+    async fn query_mailbox(
+        &self,
+        mailbox_id: &str,
+        limit: usize,
+    ) -> Result<Vec<String>, JmapError> {
+        let inner = self.begin()?;
+        let mut found: Vec<(&DateTime<Utc>, &String)> = inner
+            .emails
+            .iter()
+            .filter(|(_, e)| e.mailbox_ids.contains(mailbox_id))
+            .map(|(id, e)| (&e.received_at, id))
+            .collect();
+        found.sort();
+        Ok(found
+            .into_iter()
+            .rev()
+            .take(limit)
+            .map(|(_, id)| id.clone())
+            .collect())
+    }
+
+    async fn destroy_email(&self, id: &str) -> Result<(), JmapError> {
+        let mut inner = self.begin()?;
+        if inner.emails.remove(id).is_none() {
+            return Err(JmapError::SetFailed {
+                id: id.to_owned(),
+                kind: "notFound".to_owned(),
+                description: None,
+            });
+        }
+        inner.record(id, LogKind::Destroyed);
+        Ok(())
+    }
 }
 
 #[cfg(test)]
