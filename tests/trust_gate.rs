@@ -559,3 +559,176 @@ async fn inbound_content_never_adds_recipients() {
     })
     .await;
 }
+
+/// Pairing carries keys both ways and pins them: after `keys new` on both sides and a pairing,
+/// the peer's signed dispatch runs (`dispatch --wait` verifies the worker's signed result with
+/// the key the pair.respond brought), and its unsigned mail is refused. Stalwart only (the
+/// second, independently authenticated domain).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn pairing_exchanges_keys_and_the_pinned_keys_are_enforced() {
+    on_every_server(|server| async move {
+        let Some(agent_account) = server.other_account("agent") else {
+            println!(
+                "NOTE: {} has no second domain; pairing with keys is shown on Stalwart",
+                server.label()
+            );
+            return;
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        let extra = worker_extra(&server);
+        write_worker_config(&server, d, &extra);
+        write_agent_config(&server, d, &agent_account.email, &agent_account.password);
+        let worker_key = ok_json(
+            "worker keys new",
+            &cli(d, "worker.toml", &["keys", "new", "--json"]),
+        );
+        let agent_key = ok_json(
+            "agent keys new",
+            &cli(d, "agent.toml", &["keys", "new", "--json"]),
+        );
+        let worker = Worker::start(&server, d, "echo", &extra).await;
+        let agent = Mailer::with_account(
+            &server,
+            account_as(
+                &server,
+                "agent",
+                &agent_account.email,
+                &agent_account.password,
+            ),
+        )
+        .await;
+        let token = unique_token();
+
+        let new = ok_json(
+            "pair new",
+            &cli(d, "worker.toml", &["pair", "new", "--json"]),
+        );
+        let url = new["url"].as_str().unwrap().to_owned();
+        let paired = ok_json(
+            "pair request",
+            &cli(
+                d,
+                "agent.toml",
+                &["pair", "request", &url, "--wait", "60s", "--json"],
+            ),
+        );
+        assert_eq!(paired["status"], "completed", "{paired}");
+        assert_eq!(
+            paired["peerKey"], true,
+            "the worker's pair.respond carried its key: {paired}"
+        );
+        worker
+            .wait_event("paired", VERDICT_TIMEOUT, |e| {
+                matches!(e, EventKind::Paired { .. })
+            })
+            .await;
+        // Both sides pinned the other's public key.
+        let pinned = |config: &str, peer: &str| -> serde_json::Value {
+            let grants = ok_json(
+                "grants list",
+                &cli(d, config, &["grants", "list", "--json"]),
+            );
+            grants["grants"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|g| g["peer"] == peer)
+                .cloned()
+                .unwrap_or_else(|| panic!("no grant for {peer} in {config}: {grants}"))
+        };
+        let on_worker = pinned("worker.toml", &agent.email);
+        let on_agent = pinned("agent.toml", &agent.worker);
+        println!(
+            "{}: worker's grant {on_worker}\n{}: agent's grant {on_agent}",
+            server.label(),
+            server.label()
+        );
+        for (grant, key) in [(&on_worker, &agent_key), (&on_agent, &worker_key)] {
+            assert_eq!(
+                grant["peerKey"], key["publicKey"],
+                "pinned key: {grant} vs {key}"
+            );
+        }
+
+        // The agent's CLI signs its dispatch; the worker checks it against the pinned key and
+        // signs its result; `dispatch --wait` checks that against the key it pinned.
+        let out = cli(
+            d,
+            "agent.toml",
+            &[
+                "dispatch",
+                "--to",
+                &agent.worker,
+                "--title",
+                &format!("Signed {token}"),
+                "--body",
+                "signed both ways",
+                "--wait",
+                "--timeout",
+                "60s",
+                "--json",
+            ],
+        );
+        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "{stdout}\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let lines: Vec<serde_json::Value> = stdout
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        let dispatched = lines.iter().find(|l| l["event"] == "dispatched").unwrap();
+        let result = lines.iter().find(|l| l["event"] == "result").unwrap();
+        assert_eq!(result["status"], "completed", "{result}");
+        let signed_id = dispatched["messageId"]
+            .as_str()
+            .unwrap()
+            .trim_matches(['<', '>'])
+            .to_owned();
+        let rows = report(
+            &server,
+            d,
+            "paired peer's signed dispatch (keys pinned by pairing)",
+            &signed_id,
+        );
+        let rule = rows[0].entry.rule.clone().unwrap_or_default();
+        assert!(
+            rule.contains("; signature:"),
+            "admitted by its signature: {rule}"
+        );
+        // On the agent's side the worker's result verified against the pinned key.
+        let agent_store =
+            Store::open(&d.join("agent-state").join(taskmail::store::FILE_NAME)).unwrap();
+        let agent_rows = agent_store.audit_list(1000, None).unwrap();
+        assert!(
+            agent_rows.iter().any(|r| r.entry.verdict == "admitted"
+                && r.entry
+                    .rule
+                    .as_deref()
+                    .is_some_and(|rule| rule.contains("; signature:"))),
+            "the worker's signed answers verified on the agent's side: {:#?}",
+            agent_rows
+                .iter()
+                .map(|r| (&r.entry.verdict, &r.entry.rule))
+                .collect::<Vec<_>>()
+        );
+
+        // Mail from the paired peer without a signature is refused.
+        let unsigned = task_id(&token, "unsigned");
+        let unsigned_id = agent.dispatch(&unsigned, "no signature", None, None).await;
+        assert_eq!(refused(&worker, &unsigned_id).await, "signature-missing");
+        report(
+            &server,
+            d,
+            "paired peer's unsigned dispatch (key pinned)",
+            &unsigned_id,
+        );
+        nothing_back(&agent, &unsigned, Duration::from_secs(2)).await;
+        worker.stop().await;
+    })
+    .await;
+}

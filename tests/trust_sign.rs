@@ -303,9 +303,9 @@ jmap = {{ session-url = "http://127.0.0.1:8080/.well-known/jmap" }}
     let made: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(made["account"], "agent");
     assert_eq!(made["created"], true);
-    let public = made["public_key"].as_str().unwrap();
+    let public = made["publicKey"].as_str().unwrap();
     let parsed = PublicKey::parse(public).unwrap();
-    assert_eq!(made["key_id"], parsed.key_id());
+    assert_eq!(made["keyId"], parsed.key_id());
     // The files: the secret 0600 and never printed; the .pub is the one line peers pin.
     let secret = std::fs::read_to_string(keys::secret_path(&state, "agent")).unwrap();
     let seed = secret.trim().strip_prefix(keys::SECRET_PREFIX).unwrap();
@@ -329,8 +329,8 @@ jmap = {{ session-url = "http://127.0.0.1:8080/.well-known/jmap" }}
     let out = taskmail(&config, &["keys", "show", "--json", "--account", "agent"]);
     assert!(out.status.success());
     let shown: Value = serde_json::from_slice(&out.stdout).unwrap();
-    assert_eq!(shown["public_key"], public);
-    assert_eq!(shown["key_id"], parsed.key_id());
+    assert_eq!(shown["publicKey"], public);
+    assert_eq!(shown["keyId"], parsed.key_id());
     let out = taskmail(&config, &["keys", "new"]);
     assert_eq!(out.status.code(), Some(1));
     let stderr = String::from_utf8_lossy(&out.stderr);
@@ -345,7 +345,7 @@ jmap = {{ session-url = "http://127.0.0.1:8080/.well-known/jmap" }}
     let out = taskmail(&config, &["keys", "new", "--force", "--json"]);
     assert!(out.status.success());
     let again: Value = serde_json::from_slice(&out.stdout).unwrap();
-    assert_ne!(again["public_key"], public);
+    assert_ne!(again["publicKey"], public);
 
     // An unknown account is a usage error.
     let out = taskmail(&config, &["keys", "new", "--account", "nobody"]);

@@ -7,7 +7,7 @@
 //!   unless `--force`: replacing it makes every peer that pinned it refuse this account's mail.
 //! - `keys show [--account NAME] [--json]` prints the public key and its key id.
 //!
-//! With `--json`: `{"account", "public_key", "key_id", "secret_file", "public_file"}` (and
+//! With `--json`: `{"account", "publicKey", "keyId", "secretFile", "publicFile"}` (and
 //! `"created": true|false`); never the secret.
 
 use std::path::{Path, PathBuf};
@@ -104,10 +104,10 @@ fn report(
     let public_file = keys::public_path(state_dir, account);
     let mut value = json!({
         "account": account,
-        "public_key": public.to_text(),
-        "key_id": public.key_id(),
-        "secret_file": secret_file.display().to_string(),
-        "public_file": public_file.display().to_string(),
+        "publicKey": public.to_text(),
+        "keyId": public.key_id(),
+        "secretFile": secret_file.display().to_string(),
+        "publicFile": public_file.display().to_string(),
     });
     if let (Some(created), Some(map)) = (created, value.as_object_mut()) {
         map.insert("created".to_owned(), json!(created));

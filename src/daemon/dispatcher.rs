@@ -1060,19 +1060,41 @@ where
             self.refuse_late(&fetched, intent)?;
             return Ok(None);
         }
+        let mut rule = match auth.rule() {
+            "authentication-off" => "task-peer".to_owned(),
+            evidence => format!("task-peer [{evidence}]"),
+        };
+        // Agent signatures: a peer whose grant pins a key (`taskmail pair request` records the
+        // worker's, `grants allow --require-signature`, or a config grant) must sign its acks,
+        // help requests and results like any other mail; the body half is checked after the
+        // body fetch.
+        let stored = self.db.with(|s| s.grants_for(&self.key, &sender))?;
+        let admitting = stored
+            .first()
+            .map(|g| (g.require_signature, g.peer_key.as_deref()));
+        let signature = match self
+            .signatures
+            .check(&fetched.inbound, &sender, admitting, now)
+        {
+            Ok(crate::trust::sign::Checked::Verified(verified)) => {
+                rule = format!("{rule}; signature:{}", verified.key_id);
+                Some(verified)
+            }
+            Ok(_) => None,
+            Err(error) => {
+                tracing::info!(error = %error, "refused: agent signature on mail for our task");
+                self.refuse_quietly(&fetched, intent, error.rule())?;
+                return Ok(None);
+            }
+        };
         Ok(Some(Take {
             fetched,
             sender,
             what: What::ForDispatcher { task_id },
-            rule: match auth.rule() {
-                "authentication-off" => "task-peer".to_owned(),
-                evidence => format!("task-peer [{evidence}]"),
-            },
+            rule,
             content: Default::default(),
             span: span.clone(),
-            // NOTE: the dispatcher side does not check agent signatures yet (README "Agent
-            // signatures", known gaps).
-            signature: None,
+            signature,
         }))
     }
 

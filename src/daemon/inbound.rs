@@ -867,6 +867,14 @@ where
         };
         let _in = take.span.enter();
         let classified = classify(&take.fetched.inbound);
+        if matches!(take.what, What::ForDispatcher { .. }) {
+            let intent = match &classified {
+                Classified::Aamp(parsed) => parsed.message.intent().as_str(),
+                _ => "reply",
+            };
+            self.refuse_quietly(&take.fetched, intent, error.rule())?;
+            return Ok(false);
+        }
         let kind = match &classified {
             Classified::Aamp(parsed) => GateKind::Aamp {
                 intent: parsed.message.intent(),

@@ -202,7 +202,7 @@ impl Store {
     /// The stored grants of `account` that cover `sender` (its exact address and its
     /// `*@domain`), the exact one first.
     pub fn grants_for(&self, account: &str, sender: &str) -> Result<Vec<GrantRecord>, StoreError> {
-        let sender = sender.trim().to_lowercase();
+        let sender = crate::config::normalize_address(sender);
         let domain = sender
             .rsplit_once('@')
             .map(|(_, d)| format!("*@{d}"))
