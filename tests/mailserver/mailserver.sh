@@ -33,7 +33,7 @@ set -euo pipefail
 # The servers started here outlive this script: they must not inherit the caller's open files
 # (a lock a test runner holds, such as `flock LOCK bash mailserver.sh up`, would stay held by
 # Stalwart forever; a pipe a CI step reads would never close). Close every descriptor above 2.
-for fd_path in /proc/$$/fd/*; do
+for fd_path in "/proc/$$/fd"/*; do
     fd=${fd_path##*/}
     if [ "$fd" -gt 2 ] 2>/dev/null; then eval "exec $fd>&-" 2>/dev/null || true; fi
 done
