@@ -261,9 +261,9 @@ async fn release(account: &Account, store: &Store, entry: &Quarantined) -> Resul
         .inbox_id()
         .await
         .map_err(|e| jmap_failure(&e, account))?;
-    mail.move_to(&entry.email_id, &inbox)
-        .await
-        .map_err(|e| jmap_failure(&e, account))?;
+    // NOTE: the release is recorded first and the mail moved after it, so that the push the
+    // move causes finds the row: the daemon takes a released row only once its mail is back in
+    // the Inbox. A failed move puts the row back to `held`.
     let now = crate::clock::now();
     store.atomically(|s| {
         s.quarantine_transition(
@@ -275,6 +275,19 @@ async fn release(account: &Account, store: &Store, entry: &Quarantined) -> Resul
         )?;
         Ok(())
     })?;
+    if let Err(error) = mail.move_to(&entry.email_id, &inbox).await {
+        store.atomically(|s| {
+            s.quarantine_transition(
+                &entry.account,
+                &entry.email_id,
+                &[QuarantineState::Released],
+                QuarantineState::Held,
+                crate::clock::now(),
+            )?;
+            Ok(())
+        })?;
+        return Err(jmap_failure(&error, account));
+    }
     audit(store, entry, "released", now)?;
     Ok(json!({
         "event": "released",

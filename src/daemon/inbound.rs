@@ -407,7 +407,24 @@ where
         if released.is_empty() {
             return Ok(());
         }
-        let ids: Vec<String> = released.iter().map(|q| q.email_id.clone()).collect();
+        let wanted: Vec<String> = released.iter().map(|q| q.email_id.clone()).collect();
+        // NOTE: `quarantine release` records the release before it moves the mail back (so
+        // that the push the move causes finds the row): a row whose mail is not in the Inbox
+        // yet waits for a later pass; a mail that is gone is done with.
+        let present = self.mail.get_headers(&wanted).await?;
+        let ids: Vec<String> = wanted
+            .iter()
+            .filter(|id| {
+                present
+                    .iter()
+                    .find(|f| &f.id == *id)
+                    .is_none_or(|f| f.mailbox_ids.contains(&self.inbox_id))
+            })
+            .cloned()
+            .collect();
+        if ids.is_empty() {
+            return Ok(());
+        }
         tracing::info!(
             count = ids.len(),
             "mail released from quarantine; processing it again"
