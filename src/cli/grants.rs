@@ -98,10 +98,7 @@ impl GrantsCommand {
             GrantsCommand::Allow(a) => a.json,
             GrantsCommand::Block(a) | GrantsCommand::Revoke(a) => a.json,
         };
-        match self.run(global_config, env) {
-            Ok(exit) => Ok(exit),
-            Err(failure) => Ok(failure.report(json)),
-        }
+        super::finish(json, self.run(global_config, env))
     }
 
     fn run(self, global_config: Option<PathBuf>, env: &Env) -> Result<Exit, Failure> {

@@ -61,10 +61,7 @@ impl KeysCommand {
             KeysCommand::New(c) => (c.json, c.run(global_config, env)),
             KeysCommand::Show(c) => (c.json, c.run(global_config, env)),
         };
-        match result {
-            Ok(exit) => Ok(exit),
-            Err(failure) => Ok(failure.report(json)),
-        }
+        super::finish(json, result)
     }
 }
 

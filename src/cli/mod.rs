@@ -150,6 +150,12 @@ impl From<crate::store::StoreError> for Failure {
     }
 }
 
+/// How a verb ends: its exit code, or its failure reported (one JSON object on stdout with
+/// `--json`, lines on stderr without) and that failure's exit code.
+pub(crate) fn finish(json: bool, outcome: Result<Exit, Failure>) -> anyhow::Result<Exit> {
+    Ok(outcome.unwrap_or_else(|failure| failure.report(json)))
+}
+
 /// Loads and validates the config for a verb: every problem at once (exit 2).
 pub(crate) fn load_config(
     global: Option<&std::path::Path>,

@@ -100,10 +100,7 @@ impl PairCommand {
                 PairCommand::Request(args) => request(&config, &args),
             }
         })();
-        match result {
-            Ok(exit) => Ok(exit),
-            Err(failure) => Ok(failure.report(json)),
-        }
+        super::finish(json, result)
     }
 }
 

@@ -70,10 +70,7 @@ impl QuarantineCommand {
             QuarantineCommand::List(a) => a.json,
             QuarantineCommand::Release(a) | QuarantineCommand::Drop(a) => a.json,
         };
-        match self.run(global_config, env) {
-            Ok(exit) => Ok(exit),
-            Err(failure) => Ok(failure.report(json)),
-        }
+        super::finish(json, self.run(global_config, env))
     }
 
     fn run(self, global_config: Option<PathBuf>, env: &Env) -> Result<Exit, Failure> {
