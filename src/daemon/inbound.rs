@@ -625,8 +625,10 @@ where
         detail: Option<String>,
     ) -> Result<(), StoreError> {
         let now = self.now();
+        // NOTE: the audit row's rule is what follows `ignored:` (`duplicate`, `own-message` ...).
+        let rule = verdict.split_once(':').map(|(_, rule)| rule);
         self.db
-            .atomically(|s| settle(s, &self.key, fetched, verdict, None, detail, None, now))?;
+            .atomically(|s| settle(s, &self.key, fetched, verdict, rule, detail, None, now))?;
         tracing::debug!(verdict, "mail left alone");
         self.events.emit(
             now,

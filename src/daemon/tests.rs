@@ -782,6 +782,15 @@ async fn plain_mail_starts_a_task_answered_as_a_readable_reply() {
     )
     .await;
     assert!(off.agent.runs().is_empty());
+    assert!(
+        off.store()
+            .audit_list(10, None)
+            .unwrap()
+            .iter()
+            .any(|a| a.entry.verdict == "ignored"
+                && a.entry.rule.as_deref() == Some("plain-mail-off")),
+        "the audit says why it was left alone"
+    );
     off.shutdown().await;
 }
 
