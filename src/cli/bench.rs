@@ -382,7 +382,7 @@ impl BenchCommand {
                 "submitPerSecond": rate(raw_count, raw_elapsed),
             },
             "overheadP50Ms": match (p50, floor_p50) {
-                (Some(a), Some(b)) => json!(millis(a) - millis(b)),
+                (Some(a), Some(b)) => json!(((millis(a) - millis(b)) * 10.0).round() / 10.0),
                 _ => Value::Null,
             },
         }))
