@@ -167,3 +167,163 @@ async fn push_channel_silently_dead() {
     })
     .await;
 }
+
+// ---------------------------------------------------------------------------------------------
+// JMAP 429 and 503: a stand-in server on 127.0.0.1 (no real server can be told to refuse)
+
+/// Serves the session, then answers the API with `refusals` (status, Retry-After) in turn and
+/// afterwards with a `Core/echo` response; counts the API requests.
+async fn refusing_server(
+    refusals: Vec<(u16, Option<&'static str>)>,
+) -> (String, std::sync::Arc<std::sync::Mutex<Vec<Instant>>>) {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    let hits = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let log = std::sync::Arc::clone(&hits);
+    let session = serde_json::json!({
+        "capabilities": {
+            "urn:ietf:params:jmap:core": { "maxCallsInRequest": 16 },
+            "urn:ietf:params:jmap:mail": {},
+        },
+        "username": "worker@example.test",
+        "apiUrl": "/api",
+        "downloadUrl": "/download/{accountId}/{blobId}/{name}?accept={type}",
+        "uploadUrl": "/upload/{accountId}/",
+        "state": "s0",
+        "primaryAccounts": { "urn:ietf:params:jmap:mail": "a1" },
+    })
+    .to_string();
+    tokio::spawn(async move {
+        let mut refusals = refusals.into_iter();
+        loop {
+            let Ok((mut stream, _)) = listener.accept().await else {
+                return;
+            };
+            let mut buffer = Vec::new();
+            let mut chunk = [0u8; 4096];
+            // Headers, then the body by Content-Length.
+            let (head_end, length) = loop {
+                let n = stream.read(&mut chunk).await.unwrap_or(0);
+                if n == 0 {
+                    break (None, 0);
+                }
+                buffer.extend_from_slice(&chunk[..n]);
+                if let Some(end) = buffer.windows(4).position(|w| w == b"\r\n\r\n") {
+                    let head = String::from_utf8_lossy(&buffer[..end]).to_ascii_lowercase();
+                    let length = head
+                        .lines()
+                        .find_map(|l| l.strip_prefix("content-length:"))
+                        .and_then(|v| v.trim().parse::<usize>().ok())
+                        .unwrap_or(0);
+                    break (Some(end + 4), length);
+                }
+            };
+            let Some(head_end) = head_end else { continue };
+            while buffer.len() < head_end + length {
+                let n = stream.read(&mut chunk).await.unwrap_or(0);
+                if n == 0 {
+                    break;
+                }
+                buffer.extend_from_slice(&chunk[..n]);
+            }
+            let (status, extra, body) = if buffer.starts_with(b"GET") {
+                (200, String::new(), session.clone())
+            } else {
+                log.lock().unwrap().push(Instant::now());
+                match refusals.next() {
+                    Some((status, retry_after)) => (
+                        status,
+                        retry_after
+                            .map(|v| format!("Retry-After: {v}\r\n"))
+                            .unwrap_or_default(),
+                        "{}".to_owned(),
+                    ),
+                    None => (
+                        200,
+                        String::new(),
+                        r#"{"methodResponses":[["Core/echo",{"hello":"again"},"c0"]],"sessionState":"s0"}"#
+                            .to_owned(),
+                    ),
+                }
+            };
+            let reply = format!(
+                "HTTP/1.1 {status} X\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n{extra}\r\n{body}",
+                body.len()
+            );
+            let _ = stream.write_all(reply.as_bytes()).await;
+            let _ = stream.shutdown().await;
+        }
+    });
+    (base, hits)
+}
+
+#[tokio::test]
+async fn jmap_429_and_503_are_retried_honouring_retry_after() {
+    taskmail::transport::init_crypto();
+    let (base, hits) = refusing_server(vec![(429, Some("2")), (503, None)]).await;
+    let settings = taskmail::transport::JmapSettings::new(
+        format!("{base}/.well-known/jmap"),
+        "worker@example.test",
+        "pw",
+    );
+    let client = taskmail::transport::JmapClient::connect(settings)
+        .await
+        .unwrap();
+    let started = Instant::now();
+    let answer = client
+        .call("Core/echo", serde_json::json!({ "hello": "again" }))
+        .await
+        .unwrap();
+    assert_eq!(answer["hello"], "again");
+    let hits = hits.lock().unwrap().clone();
+    assert_eq!(hits.len(), 3, "one request, two refusals, one success");
+    // Retry-After: 2 was honoured, then the 1 s default backoff after the 503.
+    assert!(
+        hits[1] - hits[0] >= Duration::from_millis(1900),
+        "{:?}",
+        hits[1] - hits[0]
+    );
+    assert!(
+        hits[2] - hits[1] >= Duration::from_millis(900),
+        "{:?}",
+        hits[2] - hits[1]
+    );
+    assert!(started.elapsed() < Duration::from_secs(10));
+
+    // A server that keeps refusing: the error comes back after the bounded retries, and a
+    // Retry-After longer than the in-request limit goes straight back to the caller.
+    let (base, hits) = refusing_server(vec![(503, Some("0")); 10]).await;
+    let client = taskmail::transport::JmapClient::connect(taskmail::transport::JmapSettings::new(
+        format!("{base}/s"),
+        "w@example.test",
+        "pw",
+    ))
+    .await
+    .unwrap();
+    let error = client
+        .call("Core/echo", serde_json::json!({}))
+        .await
+        .unwrap_err();
+    assert_eq!(error.status(), Some(503));
+    assert!(error.is_transient());
+    assert_eq!(
+        hits.lock().unwrap().len(),
+        4,
+        "the first try and three retries"
+    );
+    let (base, hits) = refusing_server(vec![(429, Some("120"))]).await;
+    let client = taskmail::transport::JmapClient::connect(taskmail::transport::JmapSettings::new(
+        format!("{base}/s"),
+        "w@example.test",
+        "pw",
+    ))
+    .await
+    .unwrap();
+    let error = client
+        .call("Core/echo", serde_json::json!({}))
+        .await
+        .unwrap_err();
+    assert_eq!(error.retry_after(), Some(Duration::from_secs(120)));
+    assert_eq!(hits.lock().unwrap().len(), 1);
+}
