@@ -112,6 +112,7 @@ async fn bench_counts_every_task_once_with_an_echo_worker() {
         assert_eq!(report["results"], n, "{label}: {report}");
         assert_eq!(report["lost"], 0);
         assert_eq!(report["duplicates"], 0);
+        assert!(report["redelivered"].is_number());
         for key in ["p50", "p90", "p99", "max"] {
             let v = report["latencyMs"][key].as_f64().unwrap_or(-1.0);
             assert!(v > 0.0, "{label}: latencyMs.{key} = {v}");

@@ -25,12 +25,14 @@
 //! # Output
 //!
 //! A table on stdout (a progress bar on stderr when it is a terminal), or with `--json` one
-//! object: `sent`, `submitFailures`, `results`, `lost`, `duplicates`, `latencyMs` (`p50`,
+//! object: `sent`, `submitFailures`, `results`, `lost`, `duplicates` (a second result mail of
+//! a task, with its own Message-ID), `redelivered` (a result mail delivered again with the same
+//! Message-ID: an SMTP resend after a lost reply, which readers drop), `latencyMs` (`p50`,
 //! `p90`, `p99`, `max`), `tasksPerSecond`, `submitPerSecond`, `floor` (`samples`, `latencyMs`,
 //! `submitPerSecond`), `overheadP50Ms`. Exit 0 when nothing was lost and nothing came twice, 1
 //! otherwise (the report is printed either way), 69/75/77 when the servers cannot be used.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::io::{IsTerminal as _, Write as _};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -110,22 +112,37 @@ struct Seen {
     floor: HashMap<String, (Instant, Option<Instant>)>,
     /// Results seen in total (duplicates included).
     results: usize,
+    /// JMAP ids already counted (a changes window seen twice counts nothing twice).
+    emails: HashSet<String>,
+    /// Result mails whose Message-ID had already arrived: one result delivered twice (an SMTP
+    /// resend after a lost reply), not a second result.
+    redelivered: usize,
     /// When the last first result was seen.
     last_result: Option<Instant>,
 }
 
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Default)]
 struct TaskTimes {
     submitted: Option<Instant>,
+    /// Distinct results (by Message-ID).
     results: usize,
     first: Option<Instant>,
+    message_ids: Vec<String>,
 }
 
 impl Seen {
-    fn note_result(&mut self, task_id: &str, at: Instant) {
+    fn note_result(&mut self, email_id: &str, task_id: &str, message_id: &str, at: Instant) {
         let Some(times) = self.tasks.get_mut(task_id) else {
             return;
         };
+        if !self.emails.insert(email_id.to_owned()) {
+            return;
+        }
+        if !message_id.is_empty() && times.message_ids.iter().any(|m| m == message_id) {
+            self.redelivered += 1;
+            return;
+        }
+        times.message_ids.push(message_id.to_owned());
         times.results += 1;
         self.results += 1;
         if times.first.is_none() {
@@ -281,14 +298,8 @@ impl BenchCommand {
                     },
                     crate::clock::now(),
                 );
-                seen.tasks.insert(
-                    task_id.as_str().to_owned(),
-                    TaskTimes {
-                        submitted: None,
-                        results: 0,
-                        first: None,
-                    },
-                );
+                seen.tasks
+                    .insert(task_id.as_str().to_owned(), TaskTimes::default());
                 ids.push(task_id.as_str().to_owned());
                 mails.push(rendered.bytes);
             }
@@ -371,6 +382,7 @@ impl BenchCommand {
             "answered": answered,
             "lost": sent.saturating_sub(answered),
             "duplicates": duplicates,
+            "redelivered": seen.redelivered,
             "latencyMs": latency_json(&latencies),
             "tasksPerSecond": rate(answered, window),
             "submitPerSecond": rate(sent, submit_elapsed),
@@ -414,6 +426,7 @@ impl BenchCommand {
             ("results", report["results"].to_string()),
             ("lost", report["lost"].to_string()),
             ("duplicates", report["duplicates"].to_string()),
+            ("redelivered", report["redelivered"].to_string()),
             (
                 "latency",
                 format!(
@@ -518,7 +531,8 @@ async fn pass(
             let headers = &f.inbound.headers;
             if headers.get(header::INTENT).map(str::trim) == Some("task.result") {
                 if let Some(task_id) = headers.get(header::TASK_ID) {
-                    seen.note_result(task_id.trim(), at);
+                    let message_id = f.inbound.message_id.as_deref().unwrap_or_default();
+                    seen.note_result(&f.id, task_id.trim(), message_id, at);
                 }
                 continue;
             }
@@ -747,15 +761,17 @@ mod tests {
             "t1".to_owned(),
             TaskTimes {
                 submitted: Some(Instant::now()),
-                results: 0,
-                first: None,
+                ..TaskTimes::default()
             },
         );
-        seen.note_result("t1", Instant::now());
-        seen.note_result("t1", Instant::now());
-        seen.note_result("other", Instant::now());
+        seen.note_result("e1", "t1", "m1", Instant::now());
+        seen.note_result("e1", "t1", "m1", Instant::now());
+        seen.note_result("e2", "t1", "m1", Instant::now());
+        seen.note_result("e3", "t1", "m2", Instant::now());
+        seen.note_result("e4", "other", "m3", Instant::now());
         assert_eq!(seen.answered(), 1);
         assert_eq!(seen.results, 2);
+        assert_eq!(seen.redelivered, 1);
     }
 
     #[test]
