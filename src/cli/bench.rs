@@ -12,7 +12,8 @@
 //! 2. **Tasks.** It renders N task.dispatch mails (default 1000; instructions of `--body-size`
 //!    bytes; signed when the account has a signing key) to `--to`, a worker address served by
 //!    `taskmail run` with the `echo` agent (any agent works; echo measures taskmail, not the
-//!    agent), and submits them with `--concurrency` at once.
+//!    agent), and submits them with `--concurrency` at once (or evenly spaced at `--rate` per
+//!    second, for a soak).
 //! 3. **Results.** The follower counts every `task.result` for the bench's TaskIds in the
 //!    dispatcher's Inbox. Latency is from the start of a dispatch's submission to the moment its
 //!    first result is seen. It waits until every task has a result or `--timeout` has passed
@@ -80,6 +81,10 @@ pub struct BenchCommand {
     /// Submissions in flight at once (the SMTP pool size of the account bounds the connections).
     #[arg(long, default_value_t = 8)]
     pub concurrency: usize,
+    /// Dispatches per second, evenly spaced (default: as fast as --concurrency allows): a
+    /// steady rate for a soak.
+    #[arg(long, value_name = "PER_SECOND")]
+    pub rate: Option<f64>,
     /// Bytes of instructions per task.
     #[arg(long, default_value_t = 64, value_name = "BYTES")]
     pub body_size: usize,
@@ -262,6 +267,7 @@ impl BenchCommand {
             &account.email,
             raw,
             self.concurrency,
+            None,
             |_, _| {
                 let done = raw_sent.fetch_add(1, Ordering::Relaxed) + 1;
                 progress.show("floor rate", done, raw_count, 0);
@@ -317,6 +323,7 @@ impl BenchCommand {
                 self.to.trim(),
                 mails,
                 self.concurrency,
+                self.rate,
                 move |i, started| {
                     let mut seen = lock(&seen);
                     if let Some(times) = ids.get(i).and_then(|id| seen.tasks.get_mut(id)) {
@@ -555,9 +562,11 @@ async fn pump(
     to: &str,
     mails: Vec<Vec<u8>>,
     concurrency: usize,
+    rate: Option<f64>,
     done: impl Fn(usize, Instant) + Send + Sync,
 ) -> Result<usize, Failure> {
     let next = AtomicUsize::new(0);
+    let start = tokio::time::Instant::now();
     let failed = AtomicUsize::new(0);
     let fatal: Mutex<Option<Failure>> = Mutex::new(None);
     let envelope = SmtpEnvelope::new(account.email.clone(), [to.to_owned()]);
@@ -569,6 +578,10 @@ async fn pump(
             };
             if lock(&fatal).is_some() {
                 return;
+            }
+            if let Some(rate) = rate.filter(|r| r.is_finite() && *r > 0.0) {
+                let due = Duration::from_secs_f64(i as f64 / rate);
+                tokio::time::sleep_until(start + due).await;
             }
             let started = Instant::now();
             match smtp.send_raw(&envelope, bytes).await {
