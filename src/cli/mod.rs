@@ -10,6 +10,7 @@ use clap::{Args, Parser, Subcommand};
 
 pub mod answer;
 pub mod audit;
+pub mod bench;
 pub mod cancel;
 pub mod config;
 pub mod dispatch;
@@ -287,6 +288,9 @@ pub enum Command {
     Cancel(cancel::CancelCommand),
     /// Follow a mailbox and print every inbound message, classified, acting on none.
     Listen(listen::ListenCommand),
+    /// Measure the deployment: dispatch N tasks to a worker, report results, latency,
+    /// throughput and the server floor.
+    Bench(bench::BenchCommand),
     /// Check the config, the state dir, SMTP, JMAP, push and the agent, with a fix for each
     /// problem.
     Doctor(doctor::DoctorCommand),
@@ -330,6 +334,7 @@ impl Cli {
             Command::Listen(c) => {
                 c.execute(self.global.config, &crate::config::Env::from_process())
             }
+            Command::Bench(c) => c.execute(self.global.config, &crate::config::Env::from_process()),
             Command::Doctor(c) => {
                 c.execute(self.global.config, &crate::config::Env::from_process())
             }

@@ -723,17 +723,35 @@ impl JmapClient {
         let body = json!({ "using": USING, "methodCalls": method_calls });
         let names: Vec<&str> = batch.iter().map(|(n, _)| *n).collect();
         tracing::trace!(url = %url, methods = ?names, "JMAP request");
-        let response = self
-            .http
-            .post(url.as_str())
-            .header(header::AUTHORIZATION, self.settings.authorization())
-            .header(header::ACCEPT, "application/json")
-            .json(&body)
-            .timeout(self.settings.timeout)
-            .send()
-            .await
-            .map_err(|e| request_error(url, e))?;
-        let response = check_status(url, response).await?;
+        let mut attempt: u32 = 0;
+        let response = loop {
+            let response = self
+                .http
+                .post(url.as_str())
+                .header(header::AUTHORIZATION, self.settings.authorization())
+                .header(header::ACCEPT, "application/json")
+                .json(&body)
+                .timeout(self.settings.timeout)
+                .send()
+                .await
+                .map_err(|e| request_error(url, e))?;
+            match check_status(url, response).await {
+                Ok(response) => break response,
+                Err(error) => match unprocessed_wait(&error, attempt) {
+                    Some(wait) => {
+                        attempt += 1;
+                        tracing::warn!(
+                            error = %crate::transport::smtp::error_chain(&error),
+                            attempt,
+                            wait_ms = u64::try_from(wait.as_millis()).unwrap_or(u64::MAX),
+                            "the JMAP server did not take the request; retrying"
+                        );
+                        tokio::time::sleep(wait).await;
+                    }
+                    None => return Err(error),
+                },
+            }
+        };
         let bytes = response.bytes().await.map_err(|e| request_error(url, e))?;
         let value: Value = serde_json::from_slice(&bytes).map_err(|e| JmapError::Protocol {
             url: url.clone(),
@@ -1432,6 +1450,26 @@ pub(crate) fn request_error(url: &str, error: reqwest::Error) -> JmapError {
 }
 
 /// Maps an error status to its error; passes a success through.
+/// How many times one API request is resent after HTTP 429 or 503.
+const UNPROCESSED_RETRIES: u32 = 3;
+/// The longest `Retry-After` honoured inside one request; longer waits go back to the caller
+/// (whose own backoff takes over) as the error.
+const MAX_RETRY_AFTER: Duration = Duration::from_secs(30);
+
+/// How long to wait before resending an API request the server refused with 429 (Too Many
+/// Requests) or 503 (Service Unavailable), `attempt` retries in: its `Retry-After`, else 1 s,
+/// 2 s, 4 s. Only these two statuses say the request was not processed, so resending even an
+/// `Email/set` is safe; other failures (500, timeouts) go back to the caller, which decides.
+fn unprocessed_wait(error: &JmapError, attempt: u32) -> Option<Duration> {
+    if attempt >= UNPROCESSED_RETRIES || !matches!(error.status(), Some(429 | 503)) {
+        return None;
+    }
+    let wait = error
+        .retry_after()
+        .unwrap_or(Duration::from_secs(1 << attempt.min(5)));
+    (wait <= MAX_RETRY_AFTER).then_some(wait)
+}
+
 pub(crate) async fn check_status(
     url: &str,
     response: reqwest::Response,

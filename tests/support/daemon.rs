@@ -164,8 +164,19 @@ impl Worker {
     /// Starts `taskmail::daemon::run` for worker@ with `agent` on the state dir `dir`, and
     /// waits until it is ready.
     pub(crate) async fn start(server: &Server, dir: &Path, agent: &str, extra: &str) -> Worker {
-        let label = format!("{} [{agent}]", server.label());
         let config = worker_config(server, dir, agent, extra);
+        Worker::start_with_config(server, dir, agent, config).await
+    }
+
+    /// As [`Worker::start`], with a config the test built itself (e.g. from
+    /// [`worker_config_text`] with other `[accounts.worker]` JMAP settings).
+    pub(crate) async fn start_with_config(
+        server: &Server,
+        dir: &Path,
+        agent: &str,
+        config: Config,
+    ) -> Worker {
+        let label = format!("{} [{agent}]", server.label());
         let env = Env::with_home(dir);
         let profile = taskmail::profile::agent(agent, &config, &env)
             .unwrap_or_else(|e| panic!("{label}: profile: {e:?}"));

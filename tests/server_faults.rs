@@ -1,0 +1,341 @@
+//! Server faults against the real servers, with an in-process worker (echo agent).
+//!
+//! `push_channel_silently_dead`: the server process is paused with SIGSTOP (no FIN reaches the
+//! worker: its push channel just goes silent) while a burst is in flight, then resumed with
+//! SIGCONT. The worker's push liveness (3 s here) must declare the channel dead and reconnect,
+//! the worker must catch up through `Email/changes`, and every task of the burst, before and
+//! after the pause, must get exactly one result, each run once. The pause lasts 8 s by default;
+//! `TASKMAIL_FAULT_STOP_SECS=60` gives the issue's 60 s variant. It applies to servers with push
+//! whose env file names the server's PID (Stalwart); others are skipped with a note, since
+//! without push there is no channel to go silent.
+//!
+//! The pause happens inside the test, which must run under the shared e2e lock
+//! (`flock /tmp/taskmail-e2e.lock env TASKMAIL_REQUIRE_SERVERS=1 cargo test --test
+//! server_faults`); a drop guard resumes the server even when the test fails.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod support;
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use taskmail::config::{Config, Env, Mode};
+use taskmail::daemon::EventKind;
+use taskmail::transport::Hint;
+
+use support::Server;
+use support::daemon::{Mailer, Worker, on_every_server, pushes, worker_config_text};
+
+/// Tasks before the pause and after it.
+const BURST: usize = 6;
+
+fn stop_secs() -> u64 {
+    std::env::var("TASKMAIL_FAULT_STOP_SECS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(8)
+}
+
+/// The server's PID from its env file (`PID=`), if it names one.
+fn server_pid(server: &Server) -> Option<u32> {
+    let text = std::fs::read_to_string(&server.env_file).ok()?;
+    text.lines()
+        .find_map(|l| l.strip_prefix("PID="))
+        .and_then(|v| v.trim().trim_matches('"').parse().ok())
+}
+
+fn signal(pid: u32, sig: &str) {
+    let status = std::process::Command::new("kill")
+        .args([sig, &pid.to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success(), "kill {sig} {pid} failed");
+}
+
+/// Resumes the paused server when dropped (also when the test panics).
+struct Paused(u32);
+
+impl Paused {
+    fn new(pid: u32) -> Paused {
+        let paused = Paused(pid);
+        signal(pid, "-STOP");
+        paused
+    }
+}
+
+impl Drop for Paused {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("kill")
+            .args(["-CONT", &self.0.to_string()])
+            .status();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn push_channel_silently_dead() {
+    on_every_server(|server| async move {
+        let label = server.label();
+        let Some(pid) = server_pid(&server).filter(|_| pushes(&server)) else {
+            eprintln!(
+                "{label}: no push or no PID in the env file: the SIGSTOP case does not apply"
+            );
+            return;
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let text = worker_config_text(&server, dir.path(), "echo", "concurrency = 4")
+            .replace("concurrency = 2\n", "")
+            .replace(
+                "poll-interval = \"30s\" }",
+                "poll-interval = \"30s\", push-liveness = \"3s\" }",
+            );
+        assert!(text.contains("push-liveness"), "{label}: config: {text}");
+        let config =
+            Config::from_toml_str_with_env(&text, Mode::Strict, &Env::with_home(dir.path()))
+                .unwrap_or_else(|e| panic!("{label}: config: {e}\n{text}"));
+        let worker = Worker::start_with_config(&server, dir.path(), "echo", config).await;
+        let dispatcher = Mailer::new(&server, "dispatcher").await;
+        let token = support::unique_token();
+
+        // A burst, then the pause right behind it: some tasks are mid-flight when it hits.
+        let mut ids = Vec::new();
+        for i in 0..BURST {
+            let id = format!("faultstop-{token}-a{i}");
+            dispatcher
+                .dispatch(&id, &format!("before {i}"), None, None)
+                .await;
+            ids.push(id);
+        }
+        let stopped_at = Instant::now();
+        {
+            let _paused = Paused::new(pid);
+            tokio::time::sleep(Duration::from_secs(stop_secs())).await;
+        }
+        let resumed_at = Instant::now();
+        for i in 0..BURST {
+            let id = format!("faultstop-{token}-b{i}");
+            dispatcher
+                .dispatch(&id, &format!("after {i}"), None, None)
+                .await;
+            ids.push(id);
+        }
+        for id in &ids {
+            dispatcher.wait_intent(id, "task.result").await;
+        }
+        // Late duplicates would show up now.
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        // One result mail per task: distinct Message-IDs. The same mail delivered twice (an
+        // SMTP resend after a reply lost in the pause, same Message-ID) is counted apart.
+        let mut redelivered = 0;
+        for id in &ids {
+            let all = dispatcher.all(id).await;
+            let mut message_ids: Vec<String> = all
+                .iter()
+                .filter(|g| g.intent() == Some("task.result"))
+                .map(|g| g.message_id())
+                .collect();
+            let copies = message_ids.len();
+            message_ids.sort();
+            message_ids.dedup();
+            redelivered += copies - message_ids.len();
+            assert_eq!(
+                message_ids.len(),
+                1,
+                "{label}: task {id}: {} results ({copies} mails)",
+                message_ids.len()
+            );
+        }
+        let mut runs: BTreeMap<String, usize> = BTreeMap::new();
+        for event in worker.events.lock().unwrap().iter() {
+            if let EventKind::Started { .. } = &event.kind
+                && let Some(id) = event.kind.task_id()
+            {
+                *runs.entry(id.as_str().to_owned()).or_default() += 1;
+            }
+        }
+        for id in &ids {
+            assert_eq!(runs.get(id), Some(&1), "{label}: task {id} runs: {runs:?}");
+        }
+        // The worker noticed the silence and reconnected: a Connected hint after the pause
+        // began (the liveness time is shorter than the pause).
+        let reconnects = worker
+            .hints
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|(at, hint)| *at > stopped_at && matches!(hint, Hint::Connected(_)))
+            .count();
+        assert!(
+            reconnects >= 1,
+            "{label}: no reconnect after the pause ({:?} paused)",
+            resumed_at - stopped_at
+        );
+        eprintln!(
+            "{label}: {} tasks, paused {:?}, {reconnects} reconnect(s), every task one result ({redelivered} redelivered copies)",
+            ids.len(),
+            resumed_at - stopped_at
+        );
+        worker.stop().await;
+    })
+    .await;
+}
+
+// ---------------------------------------------------------------------------------------------
+// JMAP 429 and 503: a stand-in server on 127.0.0.1 (no real server can be told to refuse)
+
+/// Serves the session, then answers the API with `refusals` (status, Retry-After) in turn and
+/// afterwards with a `Core/echo` response; counts the API requests.
+async fn refusing_server(
+    refusals: Vec<(u16, Option<&'static str>)>,
+) -> (String, std::sync::Arc<std::sync::Mutex<Vec<Instant>>>) {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    let hits = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let log = std::sync::Arc::clone(&hits);
+    let session = serde_json::json!({
+        "capabilities": {
+            "urn:ietf:params:jmap:core": { "maxCallsInRequest": 16 },
+            "urn:ietf:params:jmap:mail": {},
+        },
+        "username": "worker@example.test",
+        "apiUrl": "/api",
+        "downloadUrl": "/download/{accountId}/{blobId}/{name}?accept={type}",
+        "uploadUrl": "/upload/{accountId}/",
+        "state": "s0",
+        "primaryAccounts": { "urn:ietf:params:jmap:mail": "a1" },
+    })
+    .to_string();
+    tokio::spawn(async move {
+        let mut refusals = refusals.into_iter();
+        loop {
+            let Ok((mut stream, _)) = listener.accept().await else {
+                return;
+            };
+            let mut buffer = Vec::new();
+            let mut chunk = [0u8; 4096];
+            // Headers, then the body by Content-Length.
+            let (head_end, length) = loop {
+                let n = stream.read(&mut chunk).await.unwrap_or(0);
+                if n == 0 {
+                    break (None, 0);
+                }
+                buffer.extend_from_slice(&chunk[..n]);
+                if let Some(end) = buffer.windows(4).position(|w| w == b"\r\n\r\n") {
+                    let head = String::from_utf8_lossy(&buffer[..end]).to_ascii_lowercase();
+                    let length = head
+                        .lines()
+                        .find_map(|l| l.strip_prefix("content-length:"))
+                        .and_then(|v| v.trim().parse::<usize>().ok())
+                        .unwrap_or(0);
+                    break (Some(end + 4), length);
+                }
+            };
+            let Some(head_end) = head_end else { continue };
+            while buffer.len() < head_end + length {
+                let n = stream.read(&mut chunk).await.unwrap_or(0);
+                if n == 0 {
+                    break;
+                }
+                buffer.extend_from_slice(&chunk[..n]);
+            }
+            let (status, extra, body) = if buffer.starts_with(b"GET") {
+                (200, String::new(), session.clone())
+            } else {
+                log.lock().unwrap().push(Instant::now());
+                match refusals.next() {
+                    Some((status, retry_after)) => (
+                        status,
+                        retry_after
+                            .map(|v| format!("Retry-After: {v}\r\n"))
+                            .unwrap_or_default(),
+                        "{}".to_owned(),
+                    ),
+                    None => (
+                        200,
+                        String::new(),
+                        r#"{"methodResponses":[["Core/echo",{"hello":"again"},"c0"]],"sessionState":"s0"}"#
+                            .to_owned(),
+                    ),
+                }
+            };
+            let reply = format!(
+                "HTTP/1.1 {status} X\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n{extra}\r\n{body}",
+                body.len()
+            );
+            let _ = stream.write_all(reply.as_bytes()).await;
+            let _ = stream.shutdown().await;
+        }
+    });
+    (base, hits)
+}
+
+#[tokio::test]
+async fn jmap_429_and_503_are_retried_honouring_retry_after() {
+    taskmail::transport::init_crypto();
+    let (base, hits) = refusing_server(vec![(429, Some("2")), (503, None)]).await;
+    let settings = taskmail::transport::JmapSettings::new(
+        format!("{base}/.well-known/jmap"),
+        "worker@example.test",
+        "pw",
+    );
+    let client = taskmail::transport::JmapClient::connect(settings)
+        .await
+        .unwrap();
+    let started = Instant::now();
+    let answer = client
+        .call("Core/echo", serde_json::json!({ "hello": "again" }))
+        .await
+        .unwrap();
+    assert_eq!(answer["hello"], "again");
+    let hits = hits.lock().unwrap().clone();
+    assert_eq!(hits.len(), 3, "one request, two refusals, one success");
+    // Retry-After: 2 was honoured, then the 1 s default backoff after the 503.
+    assert!(
+        hits[1] - hits[0] >= Duration::from_millis(1900),
+        "{:?}",
+        hits[1] - hits[0]
+    );
+    assert!(
+        hits[2] - hits[1] >= Duration::from_millis(900),
+        "{:?}",
+        hits[2] - hits[1]
+    );
+    assert!(started.elapsed() < Duration::from_secs(10));
+
+    // A server that keeps refusing: the error comes back after the bounded retries, and a
+    // Retry-After longer than the in-request limit goes straight back to the caller.
+    let (base, hits) = refusing_server(vec![(503, Some("0")); 10]).await;
+    let client = taskmail::transport::JmapClient::connect(taskmail::transport::JmapSettings::new(
+        format!("{base}/s"),
+        "w@example.test",
+        "pw",
+    ))
+    .await
+    .unwrap();
+    let error = client
+        .call("Core/echo", serde_json::json!({}))
+        .await
+        .unwrap_err();
+    assert_eq!(error.status(), Some(503));
+    assert!(error.is_transient());
+    assert_eq!(
+        hits.lock().unwrap().len(),
+        4,
+        "the first try and three retries"
+    );
+    let (base, hits) = refusing_server(vec![(429, Some("120"))]).await;
+    let client = taskmail::transport::JmapClient::connect(taskmail::transport::JmapSettings::new(
+        format!("{base}/s"),
+        "w@example.test",
+        "pw",
+    ))
+    .await
+    .unwrap();
+    let error = client
+        .call("Core/echo", serde_json::json!({}))
+        .await
+        .unwrap_err();
+    assert_eq!(error.retry_after(), Some(Duration::from_secs(120)));
+    assert_eq!(hits.lock().unwrap().len(), 1);
+}
