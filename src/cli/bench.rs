@@ -165,10 +165,7 @@ impl BenchCommand {
     /// Runs the verb; `global_config` is the global `-c FILE`.
     pub fn execute(self, global_config: Option<PathBuf>, env: &Env) -> anyhow::Result<Exit> {
         let json = self.json;
-        match self.run(global_config, env) {
-            Ok(exit) => Ok(exit),
-            Err(failure) => Ok(failure.report(json)),
-        }
+        super::finish(json, self.run(global_config, env))
     }
 
     fn run(self, global_config: Option<PathBuf>, env: &Env) -> Result<Exit, Failure> {
