@@ -883,22 +883,11 @@ where
     let inbox_id = mail.inbox_id().await?;
     let gate = gate.unwrap_or_else(|| Arc::new(super::TrustGate::from_config(config, &name)));
     let signer = crate::trust::keys::signer(config, &name)?;
-    let worker = config.worker();
     let core = Arc::new(Core {
         key: name.clone(),
         worker: false,
         cursor: cursor_key(&name),
-        settings: Settings {
-            on_cancel: worker.on_cancel,
-            on_refused: config.trust().on_refused,
-            plain_mail: false,
-            shutdown_grace: worker.shutdown_grace,
-            poll_interval: account.jmap.poll_interval,
-            dedup_retention: config.trust().dedup_retention,
-            state_dir: config.state_dir().to_path_buf(),
-            quarantine_mailbox: config.trust().quarantine_mailbox.clone(),
-            authenticated: config.trust().require_authentication,
-        },
+        settings: Settings::from_config(config, &account, false),
         account,
         mail,
         submit,

@@ -266,6 +266,26 @@ pub(crate) struct Settings {
     pub(crate) authenticated: bool,
 }
 
+impl Settings {
+    /// The settings of `account` in `config`; `plain_mail` is off for a dispatcher-only
+    /// pipeline, which never starts tasks.
+    pub(crate) fn from_config(config: &Config, account: &Account, plain_mail: bool) -> Settings {
+        let worker = config.worker();
+        let trust = config.trust();
+        Settings {
+            on_cancel: worker.on_cancel,
+            on_refused: trust.on_refused,
+            plain_mail: plain_mail && worker.plain_mail,
+            shutdown_grace: worker.shutdown_grace,
+            poll_interval: account.jmap.poll_interval,
+            dedup_retention: trust.dedup_retention,
+            state_dir: config.state_dir().to_path_buf(),
+            quarantine_mailbox: trust.quarantine_mailbox.clone(),
+            authenticated: trust.require_authentication,
+        }
+    }
+}
+
 /// The store behind a mutex: every call is short and never held across an `.await`.
 #[derive(Debug, Clone)]
 pub(crate) struct Db(Arc<Mutex<Store>>);
@@ -491,17 +511,7 @@ where
         key: name.clone(),
         worker: true,
         cursor: name.clone(),
-        settings: Settings {
-            on_cancel: worker.on_cancel,
-            on_refused: config.trust().on_refused,
-            plain_mail: worker.plain_mail,
-            shutdown_grace: worker.shutdown_grace,
-            poll_interval: account.jmap.poll_interval,
-            dedup_retention: config.trust().dedup_retention,
-            state_dir: config.state_dir().to_path_buf(),
-            quarantine_mailbox: config.trust().quarantine_mailbox.clone(),
-            authenticated: config.trust().require_authentication,
-        },
+        settings: Settings::from_config(config, &account, true),
         account,
         mail,
         submit,
