@@ -863,18 +863,7 @@ impl JmapClient {
         }
         let answer = self.call("Email/set", args).await?;
         if let Some(error) = answer.get("notUpdated").and_then(|n| n.get(id)) {
-            return Err(JmapError::SetFailed {
-                id: id.to_owned(),
-                kind: error
-                    .get("type")
-                    .and_then(Value::as_str)
-                    .unwrap_or("unknown")
-                    .to_owned(),
-                description: error
-                    .get("description")
-                    .and_then(Value::as_str)
-                    .map(str::to_owned),
-            });
+            return Err(set_failed(id, Some(error), "unknown"));
         }
         let updated = answer
             .get("updated")
@@ -1203,18 +1192,7 @@ impl MailStore for JmapClient {
             )
             .await?;
         if let Some(error) = answer.get("notCreated").and_then(|n| n.get("new")) {
-            return Err(JmapError::SetFailed {
-                id: name.to_owned(),
-                kind: error
-                    .get("type")
-                    .and_then(Value::as_str)
-                    .unwrap_or("unknown")
-                    .to_owned(),
-                description: error
-                    .get("description")
-                    .and_then(Value::as_str)
-                    .map(str::to_owned),
-            });
+            return Err(set_failed(name, Some(error), "unknown"));
         }
         let id = answer
             .get("created")
@@ -1271,18 +1249,7 @@ impl MailStore for JmapClient {
             return Ok(());
         }
         let error = answer.get("notDestroyed").and_then(|n| n.get(id));
-        Err(JmapError::SetFailed {
-            id: id.to_owned(),
-            kind: error
-                .and_then(|e| e.get("type"))
-                .and_then(Value::as_str)
-                .unwrap_or("notFound")
-                .to_owned(),
-            description: error
-                .and_then(|e| e.get("description"))
-                .and_then(Value::as_str)
-                .map(str::to_owned),
-        })
+        Err(set_failed(id, error, "notFound"))
     }
 }
 
@@ -1594,6 +1561,23 @@ async fn fetch_session(
         source: Some(Box::new(e)),
     })?;
     Session::from_json(&json, &url, settings.public_origin.as_deref())
+}
+
+/// A `*/set` call's refusal of `id`: the SetError object's `type` (`default_kind` without one)
+/// and `description`.
+fn set_failed(id: &str, error: Option<&Value>, default_kind: &str) -> JmapError {
+    JmapError::SetFailed {
+        id: id.to_owned(),
+        kind: error
+            .and_then(|e| e.get("type"))
+            .and_then(Value::as_str)
+            .unwrap_or(default_kind)
+            .to_owned(),
+        description: error
+            .and_then(|e| e.get("description"))
+            .and_then(Value::as_str)
+            .map(str::to_owned),
+    }
 }
 
 #[cfg(test)]
