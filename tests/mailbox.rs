@@ -16,7 +16,6 @@
 
 mod support;
 
-use std::collections::BTreeSet;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
