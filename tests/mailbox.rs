@@ -297,3 +297,126 @@ async fn round_trip_idempotency_reachability_and_untrusted_sender() {
     })
     .await;
 }
+
+fn env_usize(name: &str, default: usize) -> usize {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+/// Sends `n` envelopes a -> b with subjects `{token} {tag}{i}`; returns their ids.
+async fn send_many(a: &Mailbox, token: &str, tag: &str, n: usize) -> Vec<EnvelopeId> {
+    let mut ids = Vec::new();
+    for i in 0..n {
+        let r = a
+            .send(to(
+                text(&format!("{token} {tag}{i}"), &format!("body {i}")),
+                "@t.worker2",
+            ))
+            .await
+            .unwrap();
+        ids.push(r.id);
+    }
+    ids
+}
+
+/// Syncs until every id is indexed in `mailbox`.
+async fn wait_all(label: &str, mailbox: &Mailbox, ids: &[EnvelopeId]) {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        mailbox.sync().await.unwrap();
+        let missing = mailbox.with_store(|s| {
+            ids.iter()
+                .filter(|id| s.mailbox_get(mailbox.account(), id).unwrap().is_none())
+                .count()
+        });
+        if missing == 0 {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{label}: {missing} of {} envelopes not indexed after {WAIT:?}",
+            ids.len()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Many envelopes, pages of 4, and a reconnect in the middle (the first `Mailbox` dropped, a
+/// new one opened on the same state dir, more envelopes arriving meanwhile): every envelope is
+/// listed exactly once, in strictly increasing cursor order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cursor_paging_has_no_gaps_or_overlaps_across_a_reconnect() {
+    on_every_server(|server| async move {
+        let started = Instant::now();
+        let label = server.label();
+        let n = env_usize("TASKMAIL_MAILBOX_PAGING", 30);
+        let dir = tempfile::tempdir().unwrap();
+        let config = config(&server, dir.path());
+        let a = Mailbox::open(&config, A).await.unwrap();
+        let b1 = Mailbox::open(&config, B).await.unwrap();
+        b1.sync().await.unwrap();
+        let token = support::unique_token();
+        let first = send_many(&a, &token, "p", n / 2).await;
+        wait_all(&label, &b1, &first).await;
+
+        let mut listed: Vec<PushFrame> = Vec::new();
+        let mut after: Option<Cursor> = None;
+        let page = |mb: &Mailbox, after: &Option<Cursor>| {
+            mb.list(&ListQuery {
+                after: after.clone(),
+                limit: 4,
+                ..ListQuery::default()
+            })
+            .unwrap()
+        };
+        for _ in 0..2 {
+            let p = page(&b1, &after);
+            assert_eq!(p.frames.len(), 4);
+            assert_eq!(p.next_cursor, Some(p.frames[3].frame.cursor()));
+            after = p.next_cursor.clone();
+            listed.extend(p.frames.into_iter().map(|f| f.frame));
+        }
+        drop(b1);
+
+        // More envelopes while nobody is connected; a new Mailbox picks up from the cursor.
+        let second = send_many(&a, &token, "q", n - n / 2).await;
+        let b2 = Mailbox::open(&config, B).await.unwrap();
+        wait_all(&label, &b2, &second).await;
+        loop {
+            let p = page(&b2, &after);
+            let full = p.next_cursor.is_some();
+            if let Some(last) = p.frames.last() {
+                after = Some(last.frame.cursor());
+            }
+            listed.extend(p.frames.into_iter().map(|f| f.frame));
+            if !full {
+                break;
+            }
+        }
+        for pair in listed.windows(2) {
+            assert!(pair[1].cursor() > pair[0].cursor(), "{label}: cursor order");
+        }
+        let mine: Vec<&PushFrame> = listed
+            .iter()
+            .filter(|f| f.subject.as_deref().unwrap_or("").contains(&token))
+            .collect();
+        let unique: std::collections::BTreeSet<_> = mine.iter().map(|f| f.id.clone()).collect();
+        assert_eq!(
+            mine.len(),
+            n,
+            "{label}: listed {} of {n} (overlap or gap)",
+            mine.len()
+        );
+        assert_eq!(unique.len(), n, "{label}: an envelope listed twice");
+        let expected: std::collections::BTreeSet<_> =
+            first.iter().chain(&second).cloned().collect();
+        assert_eq!(unique, expected, "{label}: listed ids differ from sent ids");
+        println!(
+            "{label}: paged {n} envelopes across a reconnect in {:?}",
+            started.elapsed()
+        );
+    })
+    .await;
+}
