@@ -493,8 +493,22 @@ async fn cli_send_inbox_read_reply_json() {
         let file = file.to_str().unwrap().to_owned();
         let send_args = |id: Option<&str>, text: &str| {
             let mut v: Vec<String> = [
-                "send", "--account", "a", "--to", "@t.worker2", "--subject", &subject, "--text",
-                text, "--data", r#"{"x": 1}"#, "--schema", "demo/1", "--file", &file, "--json",
+                "send",
+                "--account",
+                "a",
+                "--to",
+                "@t.worker2",
+                "--subject",
+                &subject,
+                "--text",
+                text,
+                "--data",
+                r#"{"x": 1}"#,
+                "--schema",
+                "demo/1",
+                "--file",
+                &file,
+                "--json",
             ]
             .iter()
             .map(|s| s.to_string())
@@ -506,7 +520,8 @@ async fn cli_send_inbox_read_reply_json() {
             v
         };
         let args = send_args(None, "hello from the cli");
-        let receipt = taskmail_json(&cfg, &args.iter().map(String::as_str).collect::<Vec<_>>()).await;
+        let receipt =
+            taskmail_json(&cfg, &args.iter().map(String::as_str).collect::<Vec<_>>()).await;
         let id = receipt["id"].as_str().unwrap().to_owned();
         assert_eq!(receipt["recipients"], json!(["@t.worker2"]), "{label}");
         assert_eq!(receipt["replayed"], json!(false));
@@ -517,17 +532,31 @@ async fn cli_send_inbox_read_reply_json() {
         let again = taskmail_json(&cfg, &args.iter().map(String::as_str).collect::<Vec<_>>()).await;
         assert_eq!(again["replayed"], json!(true), "{label}: {again}");
         let args = send_args(Some(&id), "another body");
-        let (code, out) = taskmail(&cfg, &args.iter().map(String::as_str).collect::<Vec<_>>()).await;
+        let (code, out) =
+            taskmail(&cfg, &args.iter().map(String::as_str).collect::<Vec<_>>()).await;
         assert_eq!(code, 1, "{label}: {out}");
         assert!(out.contains("RETRY_MISMATCH"), "{label}: {out}");
         let (code, out) = taskmail(
             &cfg,
-            &["send", "--account", "a", "--to", "@t.outsider", "--text", "x", "--json"],
+            &[
+                "send",
+                "--account",
+                "a",
+                "--to",
+                "@t.outsider",
+                "--text",
+                "x",
+                "--json",
+            ],
         )
         .await;
         assert_eq!(code, 1, "{label}: {out}");
         assert!(out.contains("RECIPIENT_NOT_FOUND"), "{label}: {out}");
-        let (code, out) = taskmail(&cfg, &["send", "--account", "a", "--to", "@t.worker2", "--json"]).await;
+        let (code, out) = taskmail(
+            &cfg,
+            &["send", "--account", "a", "--to", "@t.worker2", "--json"],
+        )
+        .await;
         assert_eq!(code, 2, "{label}: an empty envelope: {out}");
 
         // inbox: the frame, headers only; the cursor moves past it.
@@ -537,35 +566,102 @@ async fn cli_send_inbox_read_reply_json() {
         assert_eq!(frame["type_hint"], "mixed");
         assert_eq!(frame["seen"], false);
         for key in ["created_at", "date_ms", "size_hint", "to"] {
-            assert!(frame.get(key).is_some(), "{label}: frame without {key}: {frame}");
+            assert!(
+                frame.get(key).is_some(),
+                "{label}: frame without {key}: {frame}"
+            );
         }
-        assert!(frame.get("content_parts").is_none(), "{label}: a frame carries no body");
+        assert!(
+            frame.get("content_parts").is_none(),
+            "{label}: a frame carries no body"
+        );
         let next = taskmail_json(&cfg, &["inbox", "--account", "b", "--json"]).await;
         assert!(
-            !next["frames"].as_array().unwrap().iter().any(|f| f["id"] == id.as_str()),
+            !next["frames"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|f| f["id"] == id.as_str()),
             "{label}: the cursor did not move"
         );
-        let all = taskmail_json(&cfg, &["inbox", "--account", "b", "--all", "--limit", "1000", "--json"]).await;
-        assert!(all["frames"].as_array().unwrap().iter().any(|f| f["id"] == id.as_str()));
+        let all = taskmail_json(
+            &cfg,
+            &[
+                "inbox",
+                "--account",
+                "b",
+                "--all",
+                "--limit",
+                "1000",
+                "--json",
+            ],
+        )
+        .await;
+        assert!(
+            all["frames"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|f| f["id"] == id.as_str())
+        );
 
         // read: the body; marked read.
         let read = taskmail_json(&cfg, &["read", &id, "--account", "b", "--json"]).await;
         assert_eq!(read["seen"], true);
         let parts = read["envelope"]["content_parts"].as_array().unwrap();
-        assert_eq!(parts[0], json!({"type": "text", "text": "hello from the cli"}));
-        assert_eq!(parts[1], json!({"type": "data", "data": {"x": 1}, "schema": "demo/1"}));
+        assert_eq!(
+            parts[0],
+            json!({"type": "text", "text": "hello from the cli"})
+        );
+        assert_eq!(
+            parts[1],
+            json!({"type": "data", "data": {"x": 1}, "schema": "demo/1"})
+        );
         assert_eq!(parts[2]["type"], "file");
         assert_eq!(parts[2]["name"], "notes.txt");
-        let unread = taskmail_json(&cfg, &["inbox", "--account", "b", "--all", "--unread", "--limit", "1000", "--json"]).await;
-        assert!(!unread["frames"].as_array().unwrap().iter().any(|f| f["id"] == id.as_str()));
+        let unread = taskmail_json(
+            &cfg,
+            &[
+                "inbox",
+                "--account",
+                "b",
+                "--all",
+                "--unread",
+                "--limit",
+                "1000",
+                "--json",
+            ],
+        )
+        .await;
+        assert!(
+            !unread["frames"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|f| f["id"] == id.as_str())
+        );
 
         // reply: to the sender, threaded.
-        let replied = taskmail_json(&cfg, &["reply", &id, "--account", "b", "--text", "back", "--json"]).await;
+        let replied = taskmail_json(
+            &cfg,
+            &["reply", &id, "--account", "b", "--text", "back", "--json"],
+        )
+        .await;
         assert_eq!(replied["recipients"], json!(["@t.dispatcher"]));
         let back = inbox_until(&cfg, "a", replied["id"].as_str().unwrap()).await;
         assert_eq!(back["in_reply_to"], id.as_str());
         assert_eq!(back["subject"], format!("Re: {subject}").as_str());
-        let (code, out) = taskmail(&cfg, &["read", "01ARZ3NDEKTSV4RRFFQ69G5FAV", "--account", "b", "--json"]).await;
+        let (code, out) = taskmail(
+            &cfg,
+            &[
+                "read",
+                "01ARZ3NDEKTSV4RRFFQ69G5FAV",
+                "--account",
+                "b",
+                "--json",
+            ],
+        )
+        .await;
         assert_eq!(code, 1, "{label}: {out}");
         assert!(out.contains("NOT_FOUND"), "{label}: {out}");
         println!("{label}: cli verbs in {:?}", started.elapsed());
@@ -595,7 +691,10 @@ impl Watch {
         let lines = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
         let sink = std::sync::Arc::clone(&lines);
         std::thread::spawn(move || {
-            for line in std::io::BufReader::new(stdout).lines().map_while(Result::ok) {
+            for line in std::io::BufReader::new(stdout)
+                .lines()
+                .map_while(Result::ok)
+            {
                 sink.lock().unwrap().push(line);
             }
         });
@@ -617,7 +716,10 @@ impl Watch {
         let deadline = Instant::now() + timeout;
         loop {
             let got = self.ids();
-            let missing: Vec<_> = ids.iter().filter(|id| !got.contains(&id.to_string())).collect();
+            let missing: Vec<_> = ids
+                .iter()
+                .filter(|id| !got.contains(&id.to_string()))
+                .collect();
             if missing.is_empty() {
                 return;
             }
@@ -642,7 +744,10 @@ async fn send_retrying(a: &Mailbox, token: &str, tag: &str, n: usize) -> Vec<Env
     let mut ids = Vec::new();
     for i in 0..n {
         let deadline = Instant::now() + Duration::from_secs(90);
-        let mut req = to(text(&format!("{token} {tag}{i}"), &format!("body {i}")), "@t.worker2");
+        let mut req = to(
+            text(&format!("{token} {tag}{i}"), &format!("body {i}")),
+            "@t.worker2",
+        );
         req.id = Some(EnvelopeId::parse(&taskmail::ids::ulid(taskmail::clock::now())).unwrap());
         loop {
             match a.send(req.clone()).await {
@@ -662,7 +767,10 @@ async fn send_retrying(a: &Mailbox, token: &str, tag: &str, n: usize) -> Vec<Env
 }
 
 fn restart(server: &Server) {
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/mailserver/mailserver.sh");
+    let script = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/mailserver/mailserver.sh"
+    );
     for verb in ["stop", "up"] {
         let status = std::process::Command::new("bash")
             .args([script, verb, &server.name])
@@ -671,7 +779,11 @@ fn restart(server: &Server) {
             .stderr(std::process::Stdio::null())
             .status()
             .unwrap();
-        assert!(status.success(), "{}: mailserver.sh {verb} failed", server.label());
+        assert!(
+            status.success(),
+            "{}: mailserver.sh {verb} failed",
+            server.label()
+        );
     }
 }
 
@@ -700,19 +812,32 @@ async fn watch_streams_through_a_server_restart_without_loss_or_duplicates() {
         if restarted {
             let t = Instant::now();
             let s = server.clone();
-            tokio::task::spawn_blocking(move || restart(&s)).await.unwrap();
+            tokio::task::spawn_blocking(move || restart(&s))
+                .await
+                .unwrap();
             restart_time = t.elapsed();
         }
         let after = send_retrying(&a, &token, "x", 3).await;
-        watch.wait_for(&label, &after, Duration::from_secs(120)).await;
+        watch
+            .wait_for(&label, &after, Duration::from_secs(120))
+            .await;
         let ids = watch.ids();
         watch.stop();
         let mine: Vec<&String> = ids
             .iter()
-            .filter(|i| before.iter().chain(&after).any(|b| b.as_str() == i.as_str()))
+            .filter(|i| {
+                before
+                    .iter()
+                    .chain(&after)
+                    .any(|b| b.as_str() == i.as_str())
+            })
             .collect();
         let unique: std::collections::BTreeSet<_> = ids.iter().collect();
-        assert_eq!(unique.len(), ids.len(), "{label}: watch printed an id twice: {ids:?}");
+        assert_eq!(
+            unique.len(),
+            ids.len(),
+            "{label}: watch printed an id twice: {ids:?}"
+        );
         assert_eq!(mine.len(), 6, "{label}: {ids:?}");
 
         // A new watch goes on from the cursor: only what came since.
@@ -723,7 +848,10 @@ async fn watch_streams_through_a_server_restart_without_loss_or_duplicates() {
         let ids = watch.ids();
         watch.stop();
         assert!(
-            !ids.iter().any(|i| before.iter().chain(&after).any(|b| b.as_str() == i.as_str())),
+            !ids.iter().any(|i| before
+                .iter()
+                .chain(&after)
+                .any(|b| b.as_str() == i.as_str())),
             "{label}: the second watch repeated earlier envelopes: {ids:?}"
         );
         println!(
