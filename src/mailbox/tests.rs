@@ -147,7 +147,7 @@ fn grant(peer: &str, state: GrantState) -> GrantRecord {
 fn policy_uses_grants_of_any_intent_and_blocks_win() {
     let config = config();
     let store = Store::open_in_memory().unwrap();
-    let policy = super::policy::Policy::from_config(&config, "b", Utc::now());
+    let policy = super::policy::Policy::from_config(&config, "b", crate::clock::now());
     let now = Utc.timestamp_millis_opt(1_800_000_000_000).unwrap();
     assert!(policy.peer(&store, "friend@example.test", now).is_err());
     store
