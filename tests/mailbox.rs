@@ -994,3 +994,76 @@ async fn context_economy_frames_versus_bodies() {
     })
     .await;
 }
+
+/// The worker daemon (`taskmail run`) indexes the envelopes it sees into the mailbox (its
+/// ASMTP arm), so a `Mailbox` on the same state dir lists them without syncing itself; an
+/// untrusted sender's envelope is not indexed there either.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn daemon_indexes_envelopes_into_the_mailbox() {
+    on_every_server(|server| async move {
+        let started = Instant::now();
+        let label = server.label();
+        // The senders use their own state dir: a daemon takes any Message-ID in its own
+        // store's outbox for its own mail.
+        let senders_dir = tempfile::tempdir().unwrap();
+        let senders = config(&server, senders_dir.path());
+        let dir = tempfile::tempdir().unwrap();
+        let text = config_text(&server, dir.path())
+            .replace("[accounts.b]", "[accounts.worker]")
+            .replace("account = \"b\"", "account = \"worker\"");
+        let daemon_config =
+            Config::from_toml_str_with_env(&text, Mode::Strict, &Env::with_home(dir.path()))
+                .unwrap();
+        let worker = support::daemon::Worker::start_with_config(
+            &server,
+            dir.path(),
+            "echo",
+            daemon_config.clone(),
+        )
+        .await;
+        let b = Mailbox::open(&daemon_config, "worker").await.unwrap();
+        let a = Mailbox::open(&senders, A).await.unwrap();
+        let o = Mailbox::open(&senders, O).await.unwrap();
+        let token = support::unique_token();
+        let refused = o
+            .send(to(
+                text_req(&format!("{token} from outsider")),
+                "@t.worker2",
+            ))
+            .await
+            .unwrap()
+            .id;
+        let id = a
+            .send(to(text_req(&format!("{token} via daemon")), "@t.worker2"))
+            .await
+            .unwrap()
+            .id;
+        support::eventually(&format!("{label}: the daemon indexed {id}"), WAIT, || {
+            let found = b.with_store(|s| s.mailbox_get("worker", &id).unwrap());
+            async move { found }
+        })
+        .await;
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        assert!(
+            b.with_store(|s| s.mailbox_get("worker", &refused).unwrap())
+                .is_none()
+        );
+        let page = b
+            .list(&ListQuery {
+                limit: 1000,
+                ..ListQuery::default()
+            })
+            .unwrap();
+        assert!(page.frames.iter().any(|f| f.frame.id == id));
+        worker.stop().await;
+        println!(
+            "{label}: daemon indexed an envelope in {:?}",
+            started.elapsed()
+        );
+    })
+    .await;
+}
+
+fn text_req(subject: &str) -> SendRequest {
+    text(subject, "through the daemon")
+}
