@@ -24,6 +24,7 @@ pub mod parse;
 pub mod quarantine;
 pub mod render;
 pub mod run;
+pub mod serve;
 pub mod task;
 pub mod tasks;
 
@@ -308,6 +309,8 @@ pub enum Command {
     /// List, release or drop the mail the injection scan held in quarantine.
     #[command(subcommand)]
     Quarantine(quarantine::QuarantineCommand),
+    /// Serve the local operator API (HTTP + WebSocket, ASMTP-compatible) for local agents.
+    Serve(serve::ServeCommand),
 }
 
 impl Cli {
@@ -347,6 +350,7 @@ impl Cli {
             Command::Quarantine(c) => {
                 c.execute(self.global.config, &crate::config::Env::from_process())
             }
+            Command::Serve(c) => c.execute(self.global.config, &crate::config::Env::from_process()),
         }
     }
 }

@@ -1166,7 +1166,10 @@ impl Checker<'_> {
             let account_path = join(&path, "account");
             let account = match raw_agent.account {
                 None => {
-                    self.missing(&account_path, "name the [accounts.NAME] whose mailbox this agent uses");
+                    self.missing(
+                        &account_path,
+                        "name the [accounts.NAME] whose mailbox this agent uses",
+                    );
                     None
                 }
                 Some(account) => {
