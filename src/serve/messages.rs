@@ -13,8 +13,11 @@ use serde_json::{Value, json};
 use super::auth::{percent_decode, query_param};
 use super::error::{ApiError, ApiResult};
 use super::{Caller, Shared};
-use crate::mailbox::{ListQuery, MAX_GET_MANY, MAX_PAGE, Order, ReadEnvelope, SendRequest};
-use crate::wire::asmtp::{Cursor, EnvelopeId};
+use crate::mailbox::policy::Policy;
+use crate::mailbox::{
+    ListQuery, MAX_GET_MANY, MAX_PAGE, MailboxError, Order, ReadEnvelope, SendRequest,
+};
+use crate::wire::asmtp::{Cursor, EnvelopeId, Handle};
 
 /// Reads a request body up to `limit` bytes: a declared or actual excess is 400
 /// `PAYLOAD_TOO_LARGE` (axum's own limit would answer 413 in plain text).
@@ -72,9 +75,46 @@ pub(crate) async fn send(
     let _: Value = parse_json(&bytes, "an envelope")?;
     let request = SendRequest::from_json(&bytes)?;
     let agent = state.agent(caller);
+    local_recipients_admit(&state, agent, &request)?;
     let receipt = agent.mailbox.send(request).await?;
     tracing::info!(agent = %agent.name, id = %receipt.id, replayed = receipt.replayed, "envelope accepted");
     Ok((StatusCode::ACCEPTED, Json(receipt)))
+}
+
+/// Reachability is symmetric: a recipient that is a local account (of this config) must admit
+/// the sender by its own policy, or the whole send is refused (404, like a sender-side refusal,
+/// which [`crate::mailbox::Mailbox::send`] checks). A remote recipient's policy is its own
+/// server's business: its gate drops what it does not admit.
+fn local_recipients_admit(
+    state: &Shared,
+    agent: &super::AgentState,
+    request: &SendRequest,
+) -> ApiResult<()> {
+    let now = crate::clock::now();
+    let directory = agent.mailbox.directory();
+    for text in request.to.iter().chain(&request.cc) {
+        let t = text.trim();
+        let handle = if t.contains('@') && !t.starts_with('@') {
+            directory.handle_of_address(t)
+        } else {
+            Handle::parse(t).ok()
+        };
+        let Some(account) = handle.as_ref().and_then(|h| directory.account_of_handle(h)) else {
+            continue;
+        };
+        if account == agent.account.name {
+            continue;
+        }
+        let policy = Policy::from_config(&state.config, account, now);
+        let verdict = agent
+            .mailbox
+            .with_store(|s| policy.peer(s, &agent.account.email, now));
+        if let Err(rule) = verdict {
+            tracing::info!(agent = %agent.name, recipient = %t, %rule, "local recipient does not admit the sender");
+            return Err(MailboxError::Unreachable(t.to_owned()).into());
+        }
+    }
+    Ok(())
 }
 
 /// An envelope with its body as the API shows it: the envelope's own JSON plus `created_at`
