@@ -99,6 +99,7 @@ struct Api {
     base: String,
     http: reqwest::Client,
     server: Option<ApiServer>,
+    config: Config,
     _dir: tempfile::TempDir,
 }
 
@@ -132,8 +133,20 @@ impl Api {
                 .build()
                 .unwrap(),
             server: Some(api),
+            config,
             _dir: dir,
         }
+    }
+
+    /// Stops the server and starts a new one on the same state dir (a new port): what a client
+    /// sees across an operator restart.
+    async fn restart(&mut self) {
+        if let Some(server) = self.server.take() {
+            server.stop().await.unwrap();
+        }
+        let api = ApiServer::start(&self.config, None).await.unwrap();
+        self.base = format!("http://{}", api.local_addr());
+        self.server = Some(api);
     }
 
     async fn stop(mut self) {
@@ -210,14 +223,24 @@ impl Api {
     }
 
     /// Every row of the mailbox of `token` from `start` on, paging by `limit`.
-    async fn page_all(&self, token: &str, start: Option<(i64, String)>, limit: u32) -> Vec<Value> {
+    /// With `restart_after_first`, the server is restarted between the first and second page.
+    async fn page_all(
+        &mut self,
+        token: &str,
+        start: Option<(i64, String)>,
+        limit: u32,
+        restart_after_first: bool,
+    ) -> Vec<Value> {
         let mut rows = Vec::new();
         let mut cursor = start;
-        for _ in 0..200 {
+        for n in 0..200 {
+            if n == 1 && restart_after_first {
+                self.restart().await;
+            }
             let path = match &cursor {
-                Some((at, id)) => format!(
-                    "/mailbox?limit={limit}&after_created_at={at}&after_envelope_id={id}"
-                ),
+                Some((at, id)) => {
+                    format!("/mailbox?limit={limit}&after_created_at={at}&after_envelope_id={id}")
+                }
                 None => format!("/mailbox?limit={limit}"),
             };
             let page = self.get(&path, token).await;
@@ -434,7 +457,7 @@ async fn tokens_health_and_request_errors() {
 async fn send_idempotency_read_and_paging() {
     on_every_server(|server| async move {
         let started = Instant::now();
-        let api = Api::start(&server).await;
+        let mut api = Api::start(&server).await;
         let l = api.label.clone();
         let token = support::unique_token();
         api.pair_up().await;
@@ -490,7 +513,11 @@ async fn send_idempotency_read_and_paging() {
         let after = api.wait_listed(BETA_TOKEN, std::slice::from_ref(&id)).await;
         assert_eq!(after[0]["seen"], json!(true), "{l}");
         let other = api.get(&format!("/messages/{id}"), ALPHA_TOKEN).await;
-        assert_eq!(other.status, StatusCode::NOT_FOUND, "{l}: not in alpha's mailbox");
+        assert_eq!(
+            other.status,
+            StatusCode::NOT_FOUND,
+            "{l}: not in alpha's mailbox"
+        );
 
         // Five more for paging; get them all at once, then mark them read.
         let mut ids = Vec::new();
@@ -516,17 +543,21 @@ async fn send_idempotency_read_and_paging() {
         assert_eq!(many.body["messages"].as_array().unwrap().len(), 5);
         assert_eq!(many.body["missing"], json!([partial_id]));
 
-        // Pages of 2 from just before the first: every id once, in cursor order.
+        // Pages of 2 from just before the first, the server restarted after the first page:
+        // every id once, in cursor order.
         let newest = api.get("/mailbox?order=desc&limit=7", BETA_TOKEN).await;
         let newest = newest.body["envelopes"].as_array().unwrap().clone();
-        let start = newest.iter().position(|r| r["id"] == json!(id)).and_then(|i| newest.get(i + 1));
+        let start = newest
+            .iter()
+            .position(|r| r["id"] == json!(id))
+            .and_then(|i| newest.get(i + 1));
         let start = start.map(|r| {
             (
                 r["created_at"].as_i64().unwrap(),
                 r["id"].as_str().unwrap().to_owned(),
             )
         });
-        let paged = api.page_all(BETA_TOKEN, start, 2).await;
+        let paged = api.page_all(BETA_TOKEN, start, 2, true).await;
         let cursors: Vec<(i64, String)> = paged
             .iter()
             .map(|r| {
@@ -542,6 +573,11 @@ async fn send_idempotency_read_and_paging() {
             assert_eq!(n, 1, "{l}: {want} listed {n} times");
         }
 
+        // The idempotency record survives the restart too.
+        let replay = api.post("/messages", ALPHA_TOKEN, &first).await;
+        assert_eq!(replay.status, StatusCode::ACCEPTED, "{l}: {replay:?}");
+        assert_eq!(replay.body["replayed"], json!(true));
+
         let marked = api
             .post("/mailbox/read", BETA_TOKEN, &json!({"ids": ids}))
             .await;
@@ -550,12 +586,17 @@ async fn send_idempotency_read_and_paging() {
         let unread = api.get("/mailbox?unread=true&limit=1000", BETA_TOKEN).await;
         let unread = unread.body["envelopes"].as_array().unwrap();
         assert!(
-            !unread.iter().any(|r| ids.iter().any(|i| r["id"] == json!(i))),
+            !unread
+                .iter()
+                .any(|r| ids.iter().any(|i| r["id"] == json!(i))),
             "{l}: marked envelopes still unread"
         );
 
         api.stop().await;
-        eprintln!("{l}: send/read/paging in {} ms", started.elapsed().as_millis());
+        eprintln!(
+            "{l}: send/read/paging in {} ms",
+            started.elapsed().as_millis()
+        );
     })
     .await;
 }
@@ -581,7 +622,8 @@ async fn websocket_frames_arrive_live() {
             tokio_tungstenite::connect_async(format!("{ws_base}/connect?token={BETA_TOKEN}"))
                 .await
                 .unwrap();
-        let refused = tokio_tungstenite::connect_async(format!("{ws_base}/connect?token=wrong")).await;
+        let refused =
+            tokio_tungstenite::connect_async(format!("{ws_base}/connect?token=wrong")).await;
         assert!(refused.is_err(), "{l}: a wrong token upgraded");
 
         let id = new_id();
@@ -697,7 +739,11 @@ async fn allowlist_and_blocks_decide_delivery() {
                 &envelope(&ok_id, BETA, &format!("unlisted {token}"), "x"),
             )
             .await;
-        assert_eq!(still.status, StatusCode::NOT_FOUND, "{l}: unblocked is not allowed: {still:?}");
+        assert_eq!(
+            still.status,
+            StatusCode::NOT_FOUND,
+            "{l}: unblocked is not allowed: {still:?}"
+        );
         let allowed = api
             .post("/allowlist", BETA_TOKEN, &json!({"entries": [ALPHA]}))
             .await;
@@ -710,7 +756,8 @@ async fn allowlist_and_blocks_decide_delivery() {
             )
             .await;
         assert_eq!(sent.status, StatusCode::ACCEPTED, "{l}: {sent:?}");
-        api.wait_listed(BETA_TOKEN, std::slice::from_ref(&ok_id)).await;
+        api.wait_listed(BETA_TOKEN, std::slice::from_ref(&ok_id))
+            .await;
         let rows = api.get("/mailbox?order=desc&limit=1000", BETA_TOKEN).await;
         assert!(
             !rows.body["envelopes"]
@@ -733,6 +780,86 @@ async fn allowlist_and_blocks_decide_delivery() {
         assert_eq!(removed.status, StatusCode::OK, "{l}: {removed:?}");
         assert_eq!(removed.body["changed"], json!(1));
         api.stop().await;
+    })
+    .await;
+}
+
+/// The binary: `taskmail serve --json` prints a ready line with the bound address, answers
+/// `/healthz`, and exits 0 with a stopped line on SIGTERM; a non-loopback `--listen` without
+/// `allow-remote` is exit 2.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_serve_verb_starts_answers_and_stops() {
+    on_every_server(|server| async move {
+        use tokio::io::AsyncBufReadExt as _;
+        let l = server.label();
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("config.toml");
+        std::fs::write(&path, config_text(&server, dir.path(), "")).unwrap();
+        let bin = env!("CARGO_BIN_EXE_taskmail");
+
+        let refused = tokio::process::Command::new(bin)
+            .args([
+                "-c",
+                path.to_str().unwrap(),
+                "serve",
+                "--json",
+                "--listen",
+                "0.0.0.0:7878",
+            ])
+            .output()
+            .await
+            .unwrap();
+        assert_eq!(refused.status.code(), Some(2), "{l}: {refused:?}");
+        let error: Value = serde_json::from_slice(&refused.stdout).unwrap();
+        assert!(
+            error["message"]
+                .as_str()
+                .unwrap()
+                .contains("other machines"),
+            "{l}: {error}"
+        );
+
+        let mut child = tokio::process::Command::new(bin)
+            .args([
+                "-c",
+                path.to_str().unwrap(),
+                "serve",
+                "--json",
+                "--listen",
+                "127.0.0.1:0",
+            ])
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap();
+        let mut lines = tokio::io::BufReader::new(child.stdout.take().unwrap()).lines();
+        let ready = tokio::time::timeout(Duration::from_secs(30), lines.next_line())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        let ready: Value = serde_json::from_str(&ready).unwrap();
+        assert_eq!(ready["event"], json!("ready"), "{l}: {ready}");
+        assert_eq!(ready["agents"].as_array().unwrap().len(), 2);
+        assert!(!ready.to_string().contains(ALPHA_TOKEN));
+        let url = ready["url"].as_str().unwrap();
+        let health: Value = reqwest::get(format!("{url}/healthz"))
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(health["ok"], json!(true), "{l}: {health}");
+        let pid = nix::unistd::Pid::from_raw(i32::try_from(child.id().unwrap()).unwrap());
+        nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
+        let status = tokio::time::timeout(Duration::from_secs(20), child.wait())
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(status.code(), Some(0), "{l}");
+        let stopped = lines.next_line().await.unwrap().unwrap_or_default();
+        assert!(stopped.contains("\"stopped\""), "{l}: {stopped}");
     })
     .await;
 }
