@@ -445,6 +445,12 @@ async fn tokens_health_and_request_errors() {
             .await;
         assert_eq!(unknown.status, StatusCode::NOT_FOUND, "{l}: {unknown:?}");
 
+        let facts = api.get("/monitor", ALPHA_TOKEN).await;
+        assert_eq!(facts.status, StatusCode::OK, "{l}: {facts:?}");
+        assert!(facts.body["facts"].is_array());
+        let bad = api.get("/monitor?envelope_id=nope", ALPHA_TOKEN).await;
+        assert_eq!(bad.status, StatusCode::BAD_REQUEST);
+
         api.stop().await;
         eprintln!("{l}: request errors in {} ms", started.elapsed().as_millis());
     })

@@ -295,6 +295,30 @@ pub(crate) async fn mark_read(
     Ok(Json(json!({"marked": marked})))
 }
 
+/// `GET /monitor[?envelope_id=ID]`: the persisted delivery facts of envelopes this agent sent
+/// with a `monitor`, oldest first: `{"facts": [{monitor, envelope_id, recipient_handle, fact,
+/// at_ms}]}`. They are kept while the agent is offline (the WebSocket pushes them live).
+pub(crate) async fn monitor_facts(
+    State(state): State<Shared>,
+    caller: Caller,
+    RawQuery(query): RawQuery,
+) -> ApiResult<Json<Value>> {
+    let id = query
+        .as_deref()
+        .and_then(|q| query_param(q, "envelope_id"))
+        .map(|t| envelope_id(&t))
+        .transpose()?;
+    let agent = state.agent(caller);
+    let mailbox = agent.mailbox.clone();
+    let account = agent.account.name.clone();
+    let facts = tokio::task::spawn_blocking(move || {
+        mailbox.with_store(|s| crate::mailbox::monitor::facts(s, &account, id.as_ref()))
+    })
+    .await
+    .map_err(|e| ApiError::internal(format!("store task failed: {e}")))??;
+    Ok(Json(json!({"facts": facts})))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

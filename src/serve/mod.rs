@@ -10,6 +10,7 @@
 //! POST   /mailbox/read          {"ids": [...]}: mark read
 //! WS     /connect               live frames {"type":"envelope.notify",...} and
 //!                               {"type":"monitor.fact",...}; Bearer header or ?token=
+//! GET    /monitor               persisted delivery facts of envelopes sent with a monitor
 //! GET|POST|DELETE /allowlist    who may reach the agent (trust grants, state active)
 //! GET|POST|DELETE /blocks       who may never reach it (trust grants, state blocked)
 //! GET    /healthz               no token: ok, and whether each mail server answers
@@ -174,6 +175,7 @@ pub(crate) fn router(state: Shared) -> Router {
         .route("/messages/{id}", get(messages::get_one))
         .route("/mailbox", get(messages::list))
         .route("/mailbox/read", post(messages::mark_read))
+        .route("/monitor", get(messages::monitor_facts))
         .route("/connect", get(ws::connect))
         .route(
             "/allowlist",
