@@ -80,6 +80,14 @@ pub enum ServeError {
     /// The local store could not be opened.
     #[error("cannot open the local store")]
     Store(#[source] crate::store::StoreError),
+    /// The listen address is reachable from other machines and `allow-remote` is off.
+    #[error(
+        "cannot listen on {0}: other machines could reach the operator API (set [serve] allow-remote = true behind a TLS proxy)"
+    )]
+    Remote(SocketAddr),
+    /// A startup task failed (a bug).
+    #[error("cannot start the operator API: {0}")]
+    Internal(String),
     /// The listen address could not be bound.
     #[error("cannot listen on {addr}")]
     Bind {
@@ -98,10 +106,13 @@ impl ServeError {
     /// The process exit code (README list): 2 for config problems, 69 when the address is taken.
     pub fn exit_code(&self) -> u8 {
         match self {
-            ServeError::NoAgents | ServeError::Token { .. } | ServeError::SameToken(_) => 2,
+            ServeError::NoAgents
+            | ServeError::Token { .. }
+            | ServeError::SameToken(_)
+            | ServeError::Remote(_) => 2,
             ServeError::Mailbox { source, .. } => source.exit_code(),
             ServeError::Bind { .. } => 69,
-            ServeError::Store(_) | ServeError::Serve(_) => 1,
+            ServeError::Store(_) | ServeError::Serve(_) | ServeError::Internal(_) => 1,
         }
     }
 }
@@ -220,12 +231,16 @@ impl Server {
         if serve.agents.is_empty() {
             return Err(ServeError::NoAgents);
         }
+        let addr = listen.unwrap_or(serve.listen);
+        if !addr.ip().is_loopback() && !serve.allow_remote {
+            return Err(ServeError::Remote(addr));
+        }
         let mut secrets = Vec::new();
         for agent in &serve.agents {
             let secret = agent.token.clone();
             let resolved = tokio::task::spawn_blocking(move || secret.resolve())
                 .await
-                .map_err(|e| ServeError::SameToken(format!("token task failed: {e}")))?
+                .map_err(|e| ServeError::Internal(format!("token task: {e}")))?
                 .map_err(|source| ServeError::Token {
                     agent: agent.name.clone(),
                     source,
@@ -260,9 +275,8 @@ impl Server {
         let path = config.state_dir().join(crate::store::FILE_NAME);
         let store = tokio::task::spawn_blocking(move || Store::open(&path))
             .await
-            .map_err(|e| ServeError::SameToken(format!("store task failed: {e}")))?
+            .map_err(|e| ServeError::Internal(format!("store task: {e}")))?
             .map_err(ServeError::Store)?;
-        let addr = listen.unwrap_or(serve.listen);
         let listener = tokio::net::TcpListener::bind(addr)
             .await
             .map_err(|source| ServeError::Bind { addr, source })?;
