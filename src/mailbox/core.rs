@@ -57,7 +57,7 @@ pub enum Ingested {
     /// Indexed now, with this frame (`created_at` stamped).
     Indexed(PushFrame),
     /// Already in the index.
-    Duplicate,
+    Duplicate(EnvelopeId),
     /// Refused by the policy (the rule).
     Refused(String),
     /// An ASMTP mail whose headers cannot be used (why).
@@ -120,16 +120,14 @@ impl Ingestor {
                 return Ok(Ingested::Invalid(e.to_string()));
             }
         };
+        // NOTE: deduplicated on the envelope id only: JMAP ids are not stable across a server
+        // that lost its data, envelope ids are.
         if store
-            .mailbox_by_email(&self.account, &fetched.id)
+            .mailbox_get(&self.account, &frame.id)
             .map_err(store_error)?
             .is_some()
-            || store
-                .mailbox_get(&self.account, &frame.id)
-                .map_err(store_error)?
-                .is_some()
         {
-            return Ok(Ingested::Duplicate);
+            return Ok(Ingested::Duplicate(frame.id));
         }
         let rule = match self.policy.admit(store, &fetched.inbound, now) {
             Ok(rule) => rule,
@@ -150,7 +148,7 @@ impl Ingestor {
             .mailbox_insert(&self.account, &frame, &fetched.id, seen, ms(now))
             .map_err(store_error)?
         {
-            None => Ok(Ingested::Duplicate),
+            None => Ok(Ingested::Duplicate(frame.id)),
             Some(created_at) => {
                 self.audit(
                     store,
@@ -556,9 +554,12 @@ impl Mailbox {
             for f in fetched.iter().filter(|f| f.mailbox_ids.contains(&inbox)) {
                 let outcome = self.with_store(|s| -> Result<(), MailboxError> {
                     match self.inner.ingestor.ingest(s, f, now)? {
-                        Ingested::Duplicate => {
+                        Ingested::Duplicate(id) => {
                             // NOTE: an update: keep the seen flag in step with `$seen`.
-                            if let Some(row) = s.mailbox_by_email(self.account(), &f.id)? {
+                            if let Some(row) = s.mailbox_get(self.account(), &id)? {
+                                if row.email_id != f.id {
+                                    s.mailbox_set_email_id(self.account(), &id, &f.id)?;
+                                }
                                 let seen = f.keywords.contains(SEEN);
                                 if row.seen != seen {
                                     s.mailbox_set_seen(self.account(), &row.frame.id, seen)?;
@@ -725,15 +726,16 @@ impl Mailbox {
             let Some(f) = fetched.iter().find(|f| f.id == row.email_id) else {
                 continue;
             };
-            let envelope = Envelope::from_inbound_mapped(&f.inbound, &|a: &str| {
+            let envelope = match Envelope::from_inbound_mapped(&f.inbound, &|a: &str| {
                 directory.handle_of_address(a)
-            })
-            .map_err(|e| {
-                MailboxError::Internal(format!("cannot read envelope {}: {e}", row.frame.id))
-            })?
-            .ok_or_else(|| {
-                MailboxError::Internal(format!("mail of envelope {} is not ASMTP", row.frame.id))
-            })?;
+            }) {
+                Ok(Some(e)) if e.id == row.frame.id => e,
+                other => {
+                    // NOTE: unreadable, or the server lost the mail and reused its JMAP id.
+                    tracing::warn!(envelope = %row.frame.id, email = %row.email_id, outcome = ?other.map(|e| e.map(|e| e.id)), "the mail of an indexed envelope does not carry it");
+                    continue;
+                }
+            };
             out.push(ReadEnvelope {
                 envelope,
                 seen: row.seen || f.keywords.contains(SEEN),
