@@ -642,6 +642,7 @@ async fn websocket_frames_arrive_live() {
             )
             .await;
         assert_eq!(sent.status, StatusCode::ACCEPTED, "{l}: {sent:?}");
+        let mut cursor = None;
         for ws in [&mut header_ws, &mut query_ws] {
             let frame = tokio::time::timeout(DELIVERY, async {
                 while let Some(msg) = ws.next().await {
@@ -661,13 +662,42 @@ async fn websocket_frames_arrive_live() {
             assert_eq!(frame["to"], json!([BETA]));
             assert_eq!(frame["subject"], json!(format!("live {token}")));
             assert!(frame.get("content_parts").is_none());
+            cursor = Some(frame["created_at"].as_i64().unwrap());
         }
+        let frame_ms = started.elapsed().as_millis();
         eprintln!(
-            "{l}: send -> WebSocket frame in {} ms ({})",
-            started.elapsed().as_millis(),
+            "{l}: send -> WebSocket frame in {frame_ms} ms ({})",
             if pushes(&server) { "push" } else { "polling" }
         );
+        // A client that went away catches up from the cursor of the last frame it saw.
         let _ = header_ws.send(Message::Close(None)).await;
+        let missed = new_id();
+        let sent = api
+            .post(
+                "/messages",
+                ALPHA_TOKEN,
+                &envelope(&missed, BETA, &format!("missed {token}"), "while away"),
+            )
+            .await;
+        assert_eq!(sent.status, StatusCode::ACCEPTED, "{l}: {sent:?}");
+        api.wait_listed(BETA_TOKEN, std::slice::from_ref(&missed))
+            .await;
+        let at = cursor.unwrap();
+        let catch_up = api
+            .get(
+                &format!("/mailbox?after_created_at={at}&after_envelope_id={id}"),
+                BETA_TOKEN,
+            )
+            .await;
+        let rows = catch_up.body["envelopes"].as_array().unwrap();
+        assert!(
+            rows.iter().any(|r| r["id"] == json!(missed)),
+            "{l}: {catch_up:?}"
+        );
+        assert!(
+            !rows.iter().any(|r| r["id"] == json!(id)),
+            "{l}: the cursor row came back"
+        );
         api.stop().await;
         // The server closes the other socket on shutdown.
         let end = tokio::time::timeout(Duration::from_secs(10), async {
