@@ -11,7 +11,7 @@
 //!   grant already allowed); `DELETE /allowlist {"entries": [...]}` (or `?entries=a,b`)
 //!   revokes them.
 //! - `GET /blocks`; `POST /blocks` blocks each (sticky: pairing never lifts it, and allowing
-//!   a blocked entry answers 409 `BLOCKED`); `DELETE /blocks` lifts the block (the grant
+//!   a blocked or declined entry answers 409 `BLOCKED`); `DELETE /blocks` lifts the block (the grant
 //!   becomes `revoked`, so the peer is not allowed either until allowed again).
 //!
 //! Grants from the config (`[[trust.grants]]`) are listed with `source: "config"` and cannot
@@ -246,17 +246,17 @@ async fn apply(
         for e in &list {
             let grant = store.grant_get(&account, &e.peer)?;
             if change == Change::Allow
-                && grant
-                    .as_ref()
-                    .is_some_and(|g| g.state == GrantState::Blocked)
+                && let Some(g) = grant.as_ref().filter(|g| g.is_sticky())
             {
+                let hint = if g.state == GrantState::Blocked {
+                    "lift the block first (DELETE /blocks)"
+                } else {
+                    "a decline is sticky: re-allow it with taskmail grants allow --force"
+                };
                 return Err(ApiError::new(
                     StatusCode::CONFLICT,
                     "BLOCKED",
-                    format!(
-                        "'{}' is blocked: lift the block first (DELETE /blocks)",
-                        e.text
-                    ),
+                    format!("'{}' is {}: {hint}", e.text, state_name(g.state)),
                 ));
             }
             current.push(grant);
