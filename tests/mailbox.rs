@@ -493,8 +493,22 @@ async fn cli_send_inbox_read_reply_json() {
         let file = file.to_str().unwrap().to_owned();
         let send_args = |id: Option<&str>, text: &str| {
             let mut v: Vec<String> = [
-                "send", "--account", "a", "--to", "@t.worker2", "--subject", &subject, "--text",
-                text, "--data", r#"{"x": 1}"#, "--schema", "demo/1", "--file", &file, "--json",
+                "send",
+                "--account",
+                "a",
+                "--to",
+                "@t.worker2",
+                "--subject",
+                &subject,
+                "--text",
+                text,
+                "--data",
+                r#"{"x": 1}"#,
+                "--schema",
+                "demo/1",
+                "--file",
+                &file,
+                "--json",
             ]
             .iter()
             .map(|s| s.to_string())
@@ -506,7 +520,8 @@ async fn cli_send_inbox_read_reply_json() {
             v
         };
         let args = send_args(None, "hello from the cli");
-        let receipt = taskmail_json(&cfg, &args.iter().map(String::as_str).collect::<Vec<_>>()).await;
+        let receipt =
+            taskmail_json(&cfg, &args.iter().map(String::as_str).collect::<Vec<_>>()).await;
         let id = receipt["id"].as_str().unwrap().to_owned();
         assert_eq!(receipt["recipients"], json!(["@t.worker2"]), "{label}");
         assert_eq!(receipt["replayed"], json!(false));
@@ -517,17 +532,31 @@ async fn cli_send_inbox_read_reply_json() {
         let again = taskmail_json(&cfg, &args.iter().map(String::as_str).collect::<Vec<_>>()).await;
         assert_eq!(again["replayed"], json!(true), "{label}: {again}");
         let args = send_args(Some(&id), "another body");
-        let (code, out) = taskmail(&cfg, &args.iter().map(String::as_str).collect::<Vec<_>>()).await;
+        let (code, out) =
+            taskmail(&cfg, &args.iter().map(String::as_str).collect::<Vec<_>>()).await;
         assert_eq!(code, 1, "{label}: {out}");
         assert!(out.contains("RETRY_MISMATCH"), "{label}: {out}");
         let (code, out) = taskmail(
             &cfg,
-            &["send", "--account", "a", "--to", "@t.outsider", "--text", "x", "--json"],
+            &[
+                "send",
+                "--account",
+                "a",
+                "--to",
+                "@t.outsider",
+                "--text",
+                "x",
+                "--json",
+            ],
         )
         .await;
         assert_eq!(code, 1, "{label}: {out}");
         assert!(out.contains("RECIPIENT_NOT_FOUND"), "{label}: {out}");
-        let (code, out) = taskmail(&cfg, &["send", "--account", "a", "--to", "@t.worker2", "--json"]).await;
+        let (code, out) = taskmail(
+            &cfg,
+            &["send", "--account", "a", "--to", "@t.worker2", "--json"],
+        )
+        .await;
         assert_eq!(code, 2, "{label}: an empty envelope: {out}");
 
         // inbox: the frame, headers only; the cursor moves past it.
@@ -537,35 +566,102 @@ async fn cli_send_inbox_read_reply_json() {
         assert_eq!(frame["type_hint"], "mixed");
         assert_eq!(frame["seen"], false);
         for key in ["created_at", "date_ms", "size_hint", "to"] {
-            assert!(frame.get(key).is_some(), "{label}: frame without {key}: {frame}");
+            assert!(
+                frame.get(key).is_some(),
+                "{label}: frame without {key}: {frame}"
+            );
         }
-        assert!(frame.get("content_parts").is_none(), "{label}: a frame carries no body");
+        assert!(
+            frame.get("content_parts").is_none(),
+            "{label}: a frame carries no body"
+        );
         let next = taskmail_json(&cfg, &["inbox", "--account", "b", "--json"]).await;
         assert!(
-            !next["frames"].as_array().unwrap().iter().any(|f| f["id"] == id.as_str()),
+            !next["frames"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|f| f["id"] == id.as_str()),
             "{label}: the cursor did not move"
         );
-        let all = taskmail_json(&cfg, &["inbox", "--account", "b", "--all", "--limit", "1000", "--json"]).await;
-        assert!(all["frames"].as_array().unwrap().iter().any(|f| f["id"] == id.as_str()));
+        let all = taskmail_json(
+            &cfg,
+            &[
+                "inbox",
+                "--account",
+                "b",
+                "--all",
+                "--limit",
+                "1000",
+                "--json",
+            ],
+        )
+        .await;
+        assert!(
+            all["frames"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|f| f["id"] == id.as_str())
+        );
 
         // read: the body; marked read.
         let read = taskmail_json(&cfg, &["read", &id, "--account", "b", "--json"]).await;
         assert_eq!(read["seen"], true);
         let parts = read["envelope"]["content_parts"].as_array().unwrap();
-        assert_eq!(parts[0], json!({"type": "text", "text": "hello from the cli"}));
-        assert_eq!(parts[1], json!({"type": "data", "data": {"x": 1}, "schema": "demo/1"}));
+        assert_eq!(
+            parts[0],
+            json!({"type": "text", "text": "hello from the cli"})
+        );
+        assert_eq!(
+            parts[1],
+            json!({"type": "data", "data": {"x": 1}, "schema": "demo/1"})
+        );
         assert_eq!(parts[2]["type"], "file");
         assert_eq!(parts[2]["name"], "notes.txt");
-        let unread = taskmail_json(&cfg, &["inbox", "--account", "b", "--all", "--unread", "--limit", "1000", "--json"]).await;
-        assert!(!unread["frames"].as_array().unwrap().iter().any(|f| f["id"] == id.as_str()));
+        let unread = taskmail_json(
+            &cfg,
+            &[
+                "inbox",
+                "--account",
+                "b",
+                "--all",
+                "--unread",
+                "--limit",
+                "1000",
+                "--json",
+            ],
+        )
+        .await;
+        assert!(
+            !unread["frames"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|f| f["id"] == id.as_str())
+        );
 
         // reply: to the sender, threaded.
-        let replied = taskmail_json(&cfg, &["reply", &id, "--account", "b", "--text", "back", "--json"]).await;
+        let replied = taskmail_json(
+            &cfg,
+            &["reply", &id, "--account", "b", "--text", "back", "--json"],
+        )
+        .await;
         assert_eq!(replied["recipients"], json!(["@t.dispatcher"]));
         let back = inbox_until(&cfg, "a", replied["id"].as_str().unwrap()).await;
         assert_eq!(back["in_reply_to"], id.as_str());
         assert_eq!(back["subject"], format!("Re: {subject}").as_str());
-        let (code, out) = taskmail(&cfg, &["read", "01ARZ3NDEKTSV4RRFFQ69G5FAV", "--account", "b", "--json"]).await;
+        let (code, out) = taskmail(
+            &cfg,
+            &[
+                "read",
+                "01ARZ3NDEKTSV4RRFFQ69G5FAV",
+                "--account",
+                "b",
+                "--json",
+            ],
+        )
+        .await;
         assert_eq!(code, 1, "{label}: {out}");
         assert!(out.contains("NOT_FOUND"), "{label}: {out}");
         println!("{label}: cli verbs in {:?}", started.elapsed());
@@ -595,7 +691,10 @@ impl Watch {
         let lines = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
         let sink = std::sync::Arc::clone(&lines);
         std::thread::spawn(move || {
-            for line in std::io::BufReader::new(stdout).lines().map_while(Result::ok) {
+            for line in std::io::BufReader::new(stdout)
+                .lines()
+                .map_while(Result::ok)
+            {
                 sink.lock().unwrap().push(line);
             }
         });
@@ -617,7 +716,10 @@ impl Watch {
         let deadline = Instant::now() + timeout;
         loop {
             let got = self.ids();
-            let missing: Vec<_> = ids.iter().filter(|id| !got.contains(&id.to_string())).collect();
+            let missing: Vec<_> = ids
+                .iter()
+                .filter(|id| !got.contains(&id.to_string()))
+                .collect();
             if missing.is_empty() {
                 return;
             }
@@ -642,7 +744,10 @@ async fn send_retrying(a: &Mailbox, token: &str, tag: &str, n: usize) -> Vec<Env
     let mut ids = Vec::new();
     for i in 0..n {
         let deadline = Instant::now() + Duration::from_secs(90);
-        let mut req = to(text(&format!("{token} {tag}{i}"), &format!("body {i}")), "@t.worker2");
+        let mut req = to(
+            text(&format!("{token} {tag}{i}"), &format!("body {i}")),
+            "@t.worker2",
+        );
         req.id = Some(EnvelopeId::parse(&taskmail::ids::ulid(taskmail::clock::now())).unwrap());
         loop {
             match a.send(req.clone()).await {
@@ -662,7 +767,10 @@ async fn send_retrying(a: &Mailbox, token: &str, tag: &str, n: usize) -> Vec<Env
 }
 
 fn restart(server: &Server) {
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/mailserver/mailserver.sh");
+    let script = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/mailserver/mailserver.sh"
+    );
     for verb in ["stop", "up"] {
         let status = std::process::Command::new("bash")
             .args([script, verb, &server.name])
@@ -671,7 +779,11 @@ fn restart(server: &Server) {
             .stderr(std::process::Stdio::null())
             .status()
             .unwrap();
-        assert!(status.success(), "{}: mailserver.sh {verb} failed", server.label());
+        assert!(
+            status.success(),
+            "{}: mailserver.sh {verb} failed",
+            server.label()
+        );
     }
 }
 
@@ -700,19 +812,32 @@ async fn watch_streams_through_a_server_restart_without_loss_or_duplicates() {
         if restarted {
             let t = Instant::now();
             let s = server.clone();
-            tokio::task::spawn_blocking(move || restart(&s)).await.unwrap();
+            tokio::task::spawn_blocking(move || restart(&s))
+                .await
+                .unwrap();
             restart_time = t.elapsed();
         }
         let after = send_retrying(&a, &token, "x", 3).await;
-        watch.wait_for(&label, &after, Duration::from_secs(120)).await;
+        watch
+            .wait_for(&label, &after, Duration::from_secs(120))
+            .await;
         let ids = watch.ids();
         watch.stop();
         let mine: Vec<&String> = ids
             .iter()
-            .filter(|i| before.iter().chain(&after).any(|b| b.as_str() == i.as_str()))
+            .filter(|i| {
+                before
+                    .iter()
+                    .chain(&after)
+                    .any(|b| b.as_str() == i.as_str())
+            })
             .collect();
         let unique: std::collections::BTreeSet<_> = ids.iter().collect();
-        assert_eq!(unique.len(), ids.len(), "{label}: watch printed an id twice: {ids:?}");
+        assert_eq!(
+            unique.len(),
+            ids.len(),
+            "{label}: watch printed an id twice: {ids:?}"
+        );
         assert_eq!(mine.len(), 6, "{label}: {ids:?}");
 
         // A new watch goes on from the cursor: only what came since.
@@ -723,7 +848,10 @@ async fn watch_streams_through_a_server_restart_without_loss_or_duplicates() {
         let ids = watch.ids();
         watch.stop();
         assert!(
-            !ids.iter().any(|i| before.iter().chain(&after).any(|b| b.as_str() == i.as_str())),
+            !ids.iter().any(|i| before
+                .iter()
+                .chain(&after)
+                .any(|b| b.as_str() == i.as_str())),
             "{label}: the second watch repeated earlier envelopes: {ids:?}"
         );
         println!(
@@ -735,6 +863,134 @@ async fn watch_streams_through_a_server_restart_without_loss_or_duplicates() {
             },
             started.elapsed()
         );
+    })
+    .await;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Context economy (issue 7 item 5)
+
+/// Deterministic filler text of about `len` bytes (words of a status report).
+fn prose(seed: usize, len: usize) -> String {
+    const WORDS: [&str; 16] = [
+        "the",
+        "build",
+        "failed",
+        "on",
+        "stage",
+        "two",
+        "because",
+        "a",
+        "dependency",
+        "moved",
+        "please",
+        "review",
+        "attached",
+        "summary",
+        "before",
+        "merge",
+    ];
+    let mut out = String::new();
+    let mut i = seed;
+    while out.len() < len {
+        out.push_str(WORDS[i % WORDS.len()]);
+        out.push(if i % 13 == 12 { '.' } else { ' ' });
+        i = i.wrapping_mul(31).wrapping_add(7);
+    }
+    out
+}
+
+/// Push-frame sizes of three typical envelopes, and 84 unread envelopes triaged from their
+/// frames (the `inbox --json` rows) versus reading every body (`read --json` each), measured on
+/// Stalwart. Tokens are estimated as JSON bytes / 4, as ASMTP's size_hint does.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn context_economy_frames_versus_bodies() {
+    on_every_server(|server| async move {
+        if server.name != "stalwart" {
+            println!("{}: context figures are measured on Stalwart only", server.label());
+            return;
+        }
+        let label = server.label();
+        let dir = tempfile::tempdir().unwrap();
+        let config = config(&server, dir.path());
+        let a = Mailbox::open(&config, A).await.unwrap();
+        let b = Mailbox::open(&config, B).await.unwrap();
+        b.sync().await.unwrap();
+        let token = support::unique_token();
+
+        // Three typical envelopes.
+        let short = to(text(&format!("{token} review request"), "Can you review PR 42 before Friday?"), "@t.worker2");
+        let mut with_data = to(text(&format!("{token} nightly report"), "Nightly run finished; numbers attached as data."), "@t.worker2");
+        with_data.content_parts.push(ContentPart::data(
+            json!({"run": 1182, "passed": 412, "failed": 3, "flaky": ["auth_retry", "push_reconnect"], "duration_s": 734}),
+            Some("ci-report/1"),
+        ));
+        let mut with_file = to(text(&format!("{token} contract draft"), "Draft v3 attached, please comment by Monday."), "@t.worker2");
+        with_file.files.push(taskmail::mailbox::InlineFile {
+            name: "draft-v3.txt".to_owned(),
+            mime_type: "text/plain".to_owned(),
+            bytes: prose(1, 20_000).into_bytes(),
+        });
+        let mut typical = Vec::new();
+        for (name, req) in [("short text", short), ("text + data", with_data), ("text + file (20 kB inline)", with_file)] {
+            let id = a.send(req).await.unwrap().id;
+            typical.push((name, id));
+        }
+        let ids: Vec<EnvelopeId> = typical.iter().map(|(_, id)| id.clone()).collect();
+        wait_all(&label, &b, &ids).await;
+        println!("{label}: push frame sizes (compact JSON, tokens ~ bytes/4):");
+        for (name, id) in &typical {
+            let frame = b.with_store(|s| s.mailbox_get(B, id).unwrap().unwrap().frame);
+            let bytes = frame.to_json().len();
+            let body = b.get_many(std::slice::from_ref(id)).await.unwrap();
+            let body_bytes = serde_json::to_string(&body[0].envelope).unwrap().len();
+            println!(
+                "  {name:<28} frame {bytes:>4} B ~{:>3} tok   body JSON {body_bytes:>6} B ~{:>5} tok   size_hint {}",
+                bytes.div_ceil(4),
+                body_bytes.div_ceil(4),
+                frame.size_hint
+            );
+            assert!(bytes < 400, "{label}: a frame of {bytes} bytes");
+        }
+
+        // 84 unread envelopes of mixed length.
+        let n = 84;
+        let mut sent = Vec::new();
+        for i in 0..n {
+            let len = [300, 1200, 2500, 4000, 6500][i % 5];
+            let mut req = to(text(&format!("{token} triage {i}"), &prose(i, len)), "@t.worker2");
+            if i % 4 == 0 {
+                let severity = ["low", "high"][i % 2];
+                req.content_parts.push(ContentPart::data(
+                    json!({"ticket": 1000 + i, "severity": severity, "owner": "ops"}),
+                    Some("ticket/1"),
+                ));
+            }
+            sent.push(a.send(req).await.unwrap().id);
+        }
+        wait_all(&label, &b, &sent).await;
+        let rows: Vec<_> = all_with(&b, &format!("{token} triage"))
+            .into_iter()
+            .map(|frame| taskmail::mailbox::ListedFrame { frame, seen: false })
+            .collect();
+        assert_eq!(rows.len(), n);
+        let inbox_bytes = serde_json::to_string(&json!({"frames": rows})).unwrap().len();
+        let t = Instant::now();
+        let mut read_bytes = 0;
+        for chunk in sent.chunks(100) {
+            for got in b.get_many(chunk).await.unwrap() {
+                read_bytes += serde_json::to_string(&got).unwrap().len();
+            }
+        }
+        let fetch = t.elapsed();
+        println!(
+            "{label}: {n} unread envelopes: triage headers-only {inbox_bytes} B ~{} tok ({} B/frame); reading every body {read_bytes} B ~{} tok ({:.1}x; bodies fetched in {fetch:?})",
+            inbox_bytes.div_ceil(4),
+            inbox_bytes / n,
+            read_bytes.div_ceil(4),
+            read_bytes as f64 / inbox_bytes as f64
+        );
+        assert!(read_bytes > 5 * inbox_bytes, "{label}: bodies {read_bytes} vs frames {inbox_bytes}");
     })
     .await;
 }

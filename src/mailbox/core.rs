@@ -264,6 +264,11 @@ impl Mailbox {
     fn build(config: &Config, account: Account, ingestor: Ingestor, store: Store) -> Mailbox {
         let domain = crate::ids::domain_of(&account.email);
         let (events, _) = broadcast::channel(1024);
+        // NOTE: `sync` reports what was indexed after this point, not the whole index.
+        let newest = store
+            .mailbox_page(&account.name, None, 1, false, true)
+            .ok()
+            .and_then(|rows| rows.first().map(|r| r.frame.cursor()));
         Mailbox {
             inner: Arc::new(Inner {
                 account,
@@ -274,7 +279,7 @@ impl Mailbox {
                 events,
                 jmap: OnceCell::new(),
                 smtp: OnceCell::new(),
-                reported: tokio::sync::Mutex::new(None),
+                reported: tokio::sync::Mutex::new(newest),
             }),
         }
     }
@@ -516,7 +521,7 @@ impl Mailbox {
     }
 
     /// Reads what changed on the server since the last sync, gates and indexes new envelopes,
-    /// and returns the frames indexed since this value's previous `sync` (by this process or
+    /// and returns the frames indexed since this value was opened or last synced (by this process or
     /// another one on the same store, such as the daemon), oldest first. Also broadcasts them.
     pub async fn sync(&self) -> Result<Vec<PushFrame>, MailboxError> {
         let mut reported = self.inner.reported.lock().await;
@@ -540,9 +545,6 @@ impl Mailbox {
                 Err(e) => return Err(jmap_error(&e)),
             },
             None => {
-                if reported.is_none() {
-                    *reported = self.newest()?;
-                }
                 let b = self.backfill(&mail, now).await?;
                 (b.ids, b.state)
             }
@@ -602,14 +604,6 @@ impl Mailbox {
         mail.query_inbox_since(since, BACKFILL_LIMIT)
             .await
             .map_err(|e| jmap_error(&e))
-    }
-
-    /// The newest cursor in the index.
-    fn newest(&self) -> Result<Option<Cursor>, MailboxError> {
-        let rows = self
-            .with_store(|s| s.mailbox_page(self.account(), None, 1, false, true))
-            .map_err(store_error)?;
-        Ok(rows.first().map(|r| r.frame.cursor()))
     }
 
     /// Every indexed frame after `after`, oldest first.
