@@ -33,6 +33,7 @@ pub mod config;
 pub mod daemon;
 pub mod ids;
 pub mod mailbox;
+pub mod serve;
 pub mod profile;
 pub mod store;
 pub mod transport;

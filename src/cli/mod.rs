@@ -28,6 +28,7 @@ pub mod render;
 pub mod reply;
 pub mod run;
 pub mod send;
+pub mod serve;
 pub mod task;
 pub mod tasks;
 pub mod watch;
@@ -323,6 +324,8 @@ pub enum Command {
     Reply(Box<reply::ReplyCommand>),
     /// Catch up from the cursor, then stream live push frames (JSON Lines with --json).
     Watch(watch::WatchCommand),
+    /// Serve the local operator API (HTTP + WebSocket, ASMTP-compatible) for local agents.
+    Serve(serve::ServeCommand),
 }
 
 impl Cli {
@@ -367,6 +370,7 @@ impl Cli {
             Command::Read(c) => c.execute(self.global.config, &crate::config::Env::from_process()),
             Command::Reply(c) => c.execute(self.global.config, &crate::config::Env::from_process()),
             Command::Watch(c) => c.execute(self.global.config, &crate::config::Env::from_process()),
+            Command::Serve(c) => c.execute(self.global.config, &crate::config::Env::from_process()),
         }
     }
 }

@@ -172,7 +172,7 @@ fn secret_variables(config: &Config) -> Vec<String> {
         .accounts()
         .iter()
         .map(|a| &a.password)
-        .chain(config.serve().tokens.iter().map(|t| &t.token))
+        .chain(config.serve().agents.iter().map(|a| &a.token))
         .filter_map(|secret| match secret {
             Secret::Env(name) => Some(name.clone()),
             _ => None,

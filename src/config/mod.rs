@@ -40,13 +40,13 @@ pub use duration::{DurationError, format_duration, parse_duration};
 pub use env::{Env, locate};
 pub use raw::{
     RawAccount, RawAsmtp, RawConfig, RawDispatcher, RawDuration, RawGrant, RawJmap, RawServe,
-    RawServeToken, RawSmtp, RawTrust, RawWorker,
+    RawServeAgent, RawSmtp, RawTrust, RawWorker,
 };
 pub use schema::Mode;
 pub use secret::{Secret, SecretError};
 pub use types::{
     Account, Asmtp, Dispatcher, Grant, GrantState, INTENTS, Jmap, LogFormat, OnCancel, OnRefused,
-    Priority, PushMode, RateLimit, Serve, ServeToken, Smtp, SmtpTls, Trust, Worker,
+    Priority, PushMode, RateLimit, Serve, ServeAgent, Smtp, SmtpTls, Trust, Worker,
 };
 
 pub(crate) use diagnostic::{did_you_mean, join, quote};

@@ -206,22 +206,26 @@ pub struct RawGrant {
     pub peer_key: Option<String>,
 }
 
-/// `[serve]`.
+/// `[serve]`: the local operator API (`taskmail serve`).
 #[derive(Debug, Clone, Default, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
 pub struct RawServe {
     /// `IP:PORT`.
     pub listen: Option<String>,
-    /// `[[serve.tokens]]`.
-    pub tokens: Option<Vec<RawServeToken>>,
+    /// Must be true to listen on an address other machines can reach.
+    pub allow_remote: Option<bool>,
+    /// The largest request body in bytes.
+    pub body_limit: Option<u32>,
+    /// `[serve.agents.NAME]`: one bearer token per local agent.
+    pub agents: Option<BTreeMap<String, RawServeAgent>>,
 }
 
-/// `[[serve.tokens]]`.
+/// `[serve.agents.NAME]`.
 #[derive(Debug, Clone, Default, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
-pub struct RawServeToken {
-    /// Agent handle.
-    pub agent: Option<String>,
+pub struct RawServeAgent {
+    /// The `[accounts.NAME]` whose mailbox the agent uses.
+    pub account: Option<String>,
     /// A secret table.
     pub token: Option<toml::Value>,
 }

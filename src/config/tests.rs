@@ -101,7 +101,9 @@ fn minimal_config_gets_every_default() {
             per: Duration::from_secs(3_600)
         }
     );
-    assert_eq!(config.serve().listen.to_string(), "127.0.0.1:8765");
+    assert_eq!(config.serve().listen.to_string(), "127.0.0.1:7878");
+    assert_eq!(config.serve().body_limit, 1 << 20);
+    assert!(!config.serve().allow_remote);
     assert!(config.warnings().is_empty(), "{:?}", config.warnings());
 }
 
@@ -560,13 +562,22 @@ fn log_level_accepts_levels_and_directives() {
 #[test]
 fn serve_section() {
     let text = format!(
-        "{ACCOUNT}\n[serve]\nlisten = \"0.0.0.0:8765\"\n[[serve.tokens]]\nagent = \"bot\"\ntoken = {{ env = \"BOT_TOKEN\" }}\n"
+        "{ACCOUNT}\n[serve]\nlisten = \"0.0.0.0:8765\"\nallow-remote = true\nbody-limit = 2048\n[serve.agents.bot]\naccount = \"worker\"\ntoken = {{ env = \"BOT_TOKEN\" }}\n"
     );
     let config = valid(&text);
-    assert_eq!(config.serve().tokens[0].agent, "bot");
+    let serve = config.serve();
+    assert_eq!(serve.agents[0].name, "bot");
+    assert_eq!(serve.agents[0].account, "worker");
+    assert_eq!(serve.agents[0].token, Secret::Env("BOT_TOKEN".to_owned()));
+    assert_eq!(serve.body_limit, 2048);
     assert_eq!(config.warnings()[0].path, "serve.listen");
+    let remote = format!("{ACCOUNT}\n[serve]\nlisten = \"0.0.0.0:8765\"\n");
+    assert_contains(
+        &problems(&remote),
+        "error: serve.listen: cannot listen on '0.0.0.0:8765': other machines could reach the operator API",
+    );
     let bad = format!(
-        "{ACCOUNT}\n[serve]\nlisten = \"localhost:80\"\n[[serve.tokens]]\nagent = \"bot\"\ntoken = \"plain\"\n[[serve.tokens]]\nagent = \"bot\"\ntoken = {{ env = \"T\" }}\n"
+        "{ACCOUNT}\n[serve]\nlisten = \"localhost:80\"\nbody-limit = 10\n[serve.agents.bot]\naccount = \"worker\"\ntoken = \"plain\"\n[serve.agents.bot2]\naccount = \"worker\"\ntoken = {{ env = \"T\" }}\n[serve.agents.bot3]\naccount = \"nope\"\ntoken = {{ env = \"T\" }}\n"
     );
     let lines = problems(&bad);
     assert_contains(
@@ -575,11 +586,19 @@ fn serve_section() {
     );
     assert_contains(
         &lines,
-        "error: serve.tokens[0].token: cannot use a bare string as a secret",
+        "error: serve.body-limit: cannot use 10 bytes as the body limit",
     );
     assert_contains(
         &lines,
-        "error: serve.tokens[1].agent: cannot give 'bot' a second token",
+        "error: serve.agents.bot.token: cannot use a bare string as a secret",
+    );
+    assert_contains(
+        &lines,
+        "error: serve.agents.bot2.account: cannot give account 'worker' a second agent",
+    );
+    assert_contains(
+        &lines,
+        "error: serve.agents.bot3.account: cannot find account 'nope'",
     );
 }
 

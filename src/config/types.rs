@@ -270,23 +270,29 @@ pub struct Grant {
     pub peer_key: Option<String>,
 }
 
-/// The local operator API.
+/// The local operator API (`[serve]`, `taskmail serve`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct Serve {
-    /// Address to listen on.
+    /// Address to listen on (loopback unless `allow-remote = true`).
     pub listen: SocketAddr,
-    /// Bearer tokens, one per agent handle.
-    pub tokens: Vec<ServeToken>,
+    /// Whether a listen address other machines can reach was allowed.
+    pub allow_remote: bool,
+    /// The largest request body in bytes (default 1 MiB, the ASMTP envelope limit).
+    pub body_limit: usize,
+    /// The local agents, one bearer token each, sorted by name.
+    pub agents: Vec<ServeAgent>,
 }
 
-/// A token of the operator API.
+/// One local agent of the operator API (`[serve.agents.NAME]`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
-pub struct ServeToken {
-    /// The agent handle the token belongs to.
-    pub agent: String,
-    /// The token, still a reference.
+pub struct ServeAgent {
+    /// The table name (for logs; never the token).
+    pub name: String,
+    /// The `[accounts.NAME]` whose mailbox the agent uses.
+    pub account: String,
+    /// The bearer token, still a reference.
     pub token: Secret,
 }
 

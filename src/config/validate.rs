@@ -24,7 +24,7 @@ use super::raw::{
 use super::secret::Secret;
 use super::types::{
     Account, Asmtp, Dispatcher, Grant, GrantState, INTENTS, Jmap, LogFormat, OnCancel, OnRefused,
-    Priority, PushMode, RateLimit, Serve, ServeToken, Smtp, SmtpTls, Trust, Worker,
+    Priority, PushMode, RateLimit, Serve, ServeAgent, Smtp, SmtpTls, Trust, Worker,
 };
 use super::{Config, is_valid_name};
 
@@ -55,7 +55,8 @@ mod default {
     pub(super) const TRANSIT_WINDOW: Duration = Duration::from_secs(48 * 3_600);
     pub(super) const RATE_LIMIT_COUNT: u32 = 60;
     pub(super) const RATE_LIMIT_PER: Duration = Duration::from_secs(3_600);
-    pub(super) const LISTEN: &str = "127.0.0.1:8765";
+    pub(super) const LISTEN: &str = "127.0.0.1:7878";
+    pub(super) const BODY_LIMIT: u32 = 1 << 20;
     pub(super) const BACKFILL: Duration = Duration::from_secs(7 * 86_400);
 }
 
@@ -110,7 +111,7 @@ pub(crate) fn validate(raw: RawConfig, env: &Env, report: &mut ConfigErrors) -> 
         cx.name(&path, &name, "a profile name");
         profiles.insert(name, AgentProfileLayer::from_raw(profile, &path, cx.report));
     }
-    let serve = cx.serve(raw.serve.unwrap_or_default());
+    let serve = cx.serve(raw.serve.unwrap_or_default(), &known);
     let asmtp = cx.asmtp(raw.asmtp.unwrap_or_default());
 
     let dispatch_granted = trust.grants.iter().any(|grant| {
@@ -1123,57 +1124,90 @@ impl Checker<'_> {
     }
 
     /// `[serve]` with defaults; one token per agent handle.
-    fn serve(&mut self, raw: RawServe) -> Serve {
+    /// `[serve]`: a loopback listen address unless `allow-remote`, a body limit, and one
+    /// agent per account with a token reference each.
+    fn serve(&mut self, raw: RawServe, known: &KnownAccounts) -> Serve {
+        let allow_remote = raw.allow_remote.unwrap_or(false);
         let listen_text = raw.listen.unwrap_or_else(|| default::LISTEN.to_owned());
+        let fallback = SocketAddr::from(([127, 0, 0, 1], 7878));
         let listen = match listen_text.parse::<SocketAddr>() {
-            Ok(listen) => {
-                if !listen.ip().is_loopback() {
-                    self.warn_hint(
-                        "serve.listen",
-                        format!("{} is reachable from other machines, and the operator API can start tasks", quote(&listen_text)),
-                        "keep it on 127.0.0.1 or [::1] unless a TLS proxy stands in front",
-                    );
-                }
+            Ok(listen) if listen.ip().is_loopback() => listen,
+            Ok(listen) if allow_remote => {
+                self.warn_hint(
+                    "serve.listen",
+                    format!("{} is reachable from other machines, and the operator API sends mail as its agents", quote(&listen_text)),
+                    "keep it on 127.0.0.1 or [::1] unless a TLS proxy stands in front",
+                );
                 listen
+            }
+            Ok(_) => {
+                self.error_hint(
+                    "serve.listen",
+                    format!("cannot listen on {}: other machines could reach the operator API", quote(&listen_text)),
+                    "use 127.0.0.1:PORT or [::1]:PORT, or set serve.allow-remote = true behind a TLS proxy",
+                );
+                fallback
             }
             Err(_) => {
                 self.error_hint(
                     "serve.listen",
                     format!("cannot parse {} as a listen address", quote(&listen_text)),
-                    "write IP:PORT, e.g. '127.0.0.1:8765' or '[::1]:8765'",
+                    "write IP:PORT, e.g. '127.0.0.1:7878' or '[::1]:7878'",
                 );
-                SocketAddr::from(([127, 0, 0, 1], 8765))
+                fallback
             }
         };
-        let mut tokens = Vec::new();
-        let mut agents = BTreeSet::new();
-        for (i, raw_token) in raw.tokens.unwrap_or_default().into_iter().enumerate() {
-            let path = index("serve.tokens", i);
-            let agent_path = join(&path, "agent");
-            let agent = match raw_token.agent {
+        let body_limit = raw.body_limit.unwrap_or(default::BODY_LIMIT);
+        if !(1024..=(64 << 20)).contains(&body_limit) {
+            self.error_hint(
+                "serve.body-limit",
+                format!("cannot use {body_limit} bytes as the body limit"),
+                "use 1024 to 67108864 bytes; 1048576 (1 MiB) is the ASMTP envelope limit",
+            );
+        }
+        let mut agents = Vec::new();
+        let mut accounts = BTreeSet::new();
+        for (name, raw_agent) in raw.agents.unwrap_or_default() {
+            let path = join("serve.agents", &name);
+            self.name(&path, &name, "an agent name");
+            let account_path = join(&path, "account");
+            let account = match raw_agent.account {
                 None => {
-                    self.missing(&agent_path, "name the agent handle this token belongs to");
-                    None
-                }
-                Some(agent) if agent.trim().is_empty() => {
-                    self.error(&agent_path, "cannot be empty");
-                    None
-                }
-                Some(agent) if !agents.insert(agent.clone()) => {
-                    self.error(
-                        &agent_path,
-                        format!("cannot give {} a second token", quote(&agent)),
+                    self.missing(
+                        &account_path,
+                        "name the [accounts.NAME] whose mailbox this agent uses",
                     );
                     None
                 }
-                Some(agent) => Some(agent),
+                Some(account) => {
+                    let account = self.account_ref(&account_path, Some(account), known);
+                    if accounts.insert(account.clone()) {
+                        Some(account)
+                    } else {
+                        self.error_hint(
+                            &account_path,
+                            format!("cannot give account {} a second agent", quote(&account)),
+                            "one agent (and one token) per account",
+                        );
+                        None
+                    }
+                }
             };
-            let token = self.secret(&join(&path, "token"), raw_token.token);
-            if let (Some(agent), Some(token)) = (agent, token) {
-                tokens.push(ServeToken { agent, token });
+            let token = self.secret(&join(&path, "token"), raw_agent.token);
+            if let (Some(account), Some(token)) = (account, token) {
+                agents.push(ServeAgent {
+                    name,
+                    account,
+                    token,
+                });
             }
         }
-        Serve { listen, tokens }
+        Serve {
+            listen,
+            allow_remote,
+            body_limit: body_limit as usize,
+            agents,
+        }
     }
 
     /// An ASMTP handle, normalised to `@owner.name` (the rule of `wire::asmtp::Handle`, which
