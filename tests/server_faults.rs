@@ -9,7 +9,13 @@
 //! whose env file names the server's PID (Stalwart); others are skipped with a note, since
 //! without push there is no channel to go silent.
 //!
-//! The pause happens inside the test, which must run under the shared e2e lock
+//! `server_restarted_mid_burst`: the server is stopped and started again on the same data
+//! (`tests/mailserver/mailserver.sh restart NAME`, Stalwart or Cyrus+Postfix) while a burst of
+//! slow tasks (the `counted` agent, 3 s a run) is running: runs finish while the server is away,
+//! their results wait in the outbox; the worker must reconnect (JMAP and SMTP), catch up with the
+//! tasks sent after the restart, and every task must get exactly one result, each run once.
+//!
+//! The pause and the restart happen inside the test, which must run under the shared e2e lock
 //! (`flock /tmp/taskmail-e2e.lock env TASKMAIL_REQUIRE_SERVERS=1 cargo test --test
 //! server_faults`); a drop guard resumes the server even when the test fails.
 
@@ -174,6 +180,139 @@ async fn push_channel_silently_dead() {
             "{label}: {} tasks, paused {:?}, {reconnects} reconnect(s), every task one result ({redelivered} redelivered copies)",
             ids.len(),
             resumed_at - stopped_at
+        );
+        worker.stop().await;
+    })
+    .await;
+}
+
+/// Runs `tests/mailserver/mailserver.sh restart NAME` (under the caller's e2e lock) and returns
+/// how long it took.
+async fn restart_server(server: &Server) -> Duration {
+    let script = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/mailserver/mailserver.sh"
+    );
+    let started = Instant::now();
+    let output = tokio::process::Command::new("bash")
+        .args([script, "restart", &server.name])
+        .output()
+        .await
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}: restart failed: {}",
+        server.label(),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    started.elapsed()
+}
+
+/// Runs per task from the worker's events.
+fn runs_per_task(worker: &Worker) -> BTreeMap<String, usize> {
+    let mut runs: BTreeMap<String, usize> = BTreeMap::new();
+    for event in worker.events.lock().unwrap().iter() {
+        if let EventKind::Started { .. } = &event.kind
+            && let Some(id) = event.kind.task_id()
+        {
+            *runs.entry(id.as_str().to_owned()).or_default() += 1;
+        }
+    }
+    runs
+}
+
+/// Every task of `ids` has exactly one result mail (distinct Message-IDs; the same mail
+/// delivered twice is counted apart and returned).
+async fn assert_one_result_each(label: &str, dispatcher: &Mailer, ids: &[String]) -> usize {
+    let mut redelivered = 0;
+    for id in ids {
+        let all = dispatcher.all(id).await;
+        let mut message_ids: Vec<String> = all
+            .iter()
+            .filter(|g| g.intent() == Some("task.result"))
+            .map(|g| g.message_id())
+            .collect();
+        let copies = message_ids.len();
+        message_ids.sort();
+        message_ids.dedup();
+        redelivered += copies - message_ids.len();
+        assert_eq!(
+            message_ids.len(),
+            1,
+            "{label}: task {id}: {} results ({copies} mails)",
+            message_ids.len()
+        );
+    }
+    redelivered
+}
+
+/// Tasks before the restart (slow: some are running when it hits) and after it.
+const RESTART_BEFORE: usize = 10;
+const RESTART_AFTER: usize = 6;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn server_restarted_mid_burst() {
+    on_every_server(|server| async move {
+        let label = server.label();
+        let dir = tempfile::tempdir().unwrap();
+        let text = worker_config_text(&server, dir.path(), "counted", "concurrency = 4")
+            .replace("concurrency = 2\n", "");
+        let config =
+            Config::from_toml_str_with_env(&text, Mode::Strict, &Env::with_home(dir.path()))
+                .unwrap_or_else(|e| panic!("{label}: config: {e}\n{text}"));
+        let worker = Worker::start_with_config(&server, dir.path(), "counted", config).await;
+        let dispatcher = Mailer::new(&server, "dispatcher").await;
+        let token = support::unique_token();
+        let started = Instant::now();
+
+        let mut ids = Vec::new();
+        for i in 0..RESTART_BEFORE {
+            let id = format!("restart-{token}-a{i}");
+            dispatcher
+                .dispatch(&id, &format!("before {i}"), None, None)
+                .await;
+            ids.push(id);
+        }
+        // The restart hits while the first runs are in flight (3 s each, 4 at a time).
+        worker
+            .wait_event("a first run", Duration::from_secs(30), |e| {
+                matches!(e, EventKind::Started { .. })
+            })
+            .await;
+        let restart_at = Instant::now();
+        let away = restart_server(&server).await;
+        for i in 0..RESTART_AFTER {
+            let id = format!("restart-{token}-b{i}");
+            dispatcher
+                .dispatch(&id, &format!("after {i}"), None, None)
+                .await;
+            ids.push(id);
+        }
+        for id in &ids {
+            dispatcher.wait_intent(id, "task.result").await;
+        }
+        let caught_up = started.elapsed();
+        // Late duplicates would show up now.
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        let redelivered = assert_one_result_each(&label, &dispatcher, &ids).await;
+        let runs = runs_per_task(&worker);
+        for id in &ids {
+            assert_eq!(runs.get(id), Some(&1), "{label}: task {id} runs: {runs:?}");
+        }
+        // With push, the channel broke with the server and came back.
+        let reconnects = worker
+            .hints
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|(at, hint)| *at > restart_at && matches!(hint, Hint::Connected(_)))
+            .count();
+        if pushes(&server) {
+            assert!(reconnects >= 1, "{label}: push never reconnected after the restart");
+        }
+        eprintln!(
+            "{label}: {} tasks, server away {away:?} (restart script), all results after {caught_up:?}, {reconnects} push reconnect(s), every task one result and one run ({redelivered} redelivered copies)",
+            ids.len()
         );
         worker.stop().await;
     })
