@@ -331,8 +331,9 @@ cyrus_up() {
 # and spool (the mail stays): the "server restarted" fault. The private syslog keeps running.
 cyrus_restart() {
     local t0 _
-    [ -f "$CY_ENV" ] && [ -f "$PF_DIR/main.cf" ] \
-        || die "cyrus: not set up, nothing to restart" "bash tests/mailserver/mailserver.sh up cyrus"
+    if ! [ -f "$CY_ENV" ] || ! [ -f "$PF_DIR/main.cf" ]; then
+        die "cyrus: not set up, nothing to restart" "bash tests/mailserver/mailserver.sh up cyrus"
+    fi
     t0=$(now)
     if postfix -c "$PF_DIR" status > /dev/null 2>&1; then
         postfix -c "$PF_DIR" stop > /dev/null 2>&1 || true

@@ -599,8 +599,9 @@ stalwart_start() {
 # the seconds the server was away.
 stalwart_restart() {
     local build bin t0
-    [ -s "$SW_DATA/config.toml" ] && [ -s "$SW_ENV" ] \
-        || die "stalwart: not set up, nothing to restart" "bash tests/mailserver/mailserver.sh up stalwart"
+    if ! [ -s "$SW_DATA/config.toml" ] || ! [ -s "$SW_ENV" ]; then
+        die "stalwart: not set up, nothing to restart" "bash tests/mailserver/mailserver.sh up stalwart"
+    fi
     build=$(sed -n 's/^BUILD=//p' "$SW_ENV")
     bin=$(sed -n 's/^BINARY=//p' "$SW_ENV")
     [ -x "$bin" ] || bin=$(stalwart_bin "${build:-debug}")
