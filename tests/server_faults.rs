@@ -310,6 +310,23 @@ async fn server_restarted_mid_burst() {
         if pushes(&server) {
             assert!(reconnects >= 1, "{label}: push never reconnected after the restart");
         }
+        // The health file tells the same: a sync after the restart, nothing left in the outbox,
+        // the lost push channel counted.
+        let back = taskmail::clock::now();
+        let health = support::eventually("a fresh health file", Duration::from_secs(15), || async {
+            taskmail::daemon::status::read_health(&dir.path().join("state"), "worker")
+                .filter(|h| h.recorded_at > back)
+        })
+        .await;
+        assert!(
+            health.events.last_sync_at.is_some_and(|t| t > back - chrono::TimeDelta::seconds(30)),
+            "{label}: {health:?}"
+        );
+        assert_eq!(health.outbox.pending, 0, "{label}: {health:?}");
+        if pushes(&server) {
+            assert!(health.reconnects() >= 1, "{label}: {health:?}");
+            assert!(health.problems(back).is_empty(), "{label}: {health:?}");
+        }
         eprintln!(
             "{label}: {} tasks, server away {away:?} (restart script), all results after {caught_up:?}, {reconnects} push reconnect(s), every task one result and one run ({redelivered} redelivered copies)",
             ids.len()
@@ -690,6 +707,48 @@ async fn smtp_4xx_and_timeouts_neither_lose_nor_duplicate() {
         assert!(
             sent.values().all(|n| *n == 1),
             "{label}: a message was sent twice: {sent:?}"
+        );
+        // `taskmail doctor` reads the daemon's health file: the SMTP errors went by, nothing
+        // is pending, the push channel (if any) and the last sync are reported.
+        let after = taskmail::clock::now();
+        let health = support::eventually("a fresh health file", Duration::from_secs(15), || async {
+            taskmail::daemon::status::read_health(&dir.path().join("state"), "worker")
+                .filter(|h| h.recorded_at > after)
+        })
+        .await;
+        assert!(health.events.last_smtp_error.is_some(), "{label}: {health:?}");
+        assert_eq!(health.outbox.pending, 0, "{label}: {health:?}");
+        std::fs::write(dir.path().join("config.toml"), &text).unwrap();
+        let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_taskmail"))
+            .arg("-c")
+            .arg(dir.path().join("config.toml"))
+            .args(["doctor", "--json", "--account", "worker"])
+            .env("HOME", dir.path())
+            .env_remove("TASKMAIL_CONFIG")
+            .output()
+            .await
+            .unwrap();
+        let report: serde_json::Value = serde_json::from_slice(&output.stdout)
+            .unwrap_or_else(|e| panic!("{label}: doctor printed no JSON ({e}): {output:?}"));
+        let check = report["checks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["check"] == "health")
+            .unwrap_or_else(|| panic!("{label}: no health check: {report:#}"))
+            .clone();
+        assert_eq!(check["status"], "pass", "{label}: {check:#}");
+        let smtp_error = check["data"]["lastSmtpError"].as_str().unwrap_or_default();
+        assert!(
+            smtp_error.contains("451") || smtp_error.contains("no answer"),
+            "{label}: {check:#}"
+        );
+        assert!(check["data"]["lastSyncAt"].is_string(), "{label}: {check:#}");
+        assert_eq!(check["data"]["outbox"]["pending"], 0, "{label}: {check:#}");
+        assert_eq!(
+            check["data"]["push"]["channel"] != "poll",
+            pushes(&server),
+            "{label}: {check:#}"
         );
         eprintln!(
             "{label}: {} tasks through {planned} SMTP faults in {elapsed:?}: one result each, one run each, {} outbox sends, {copies} duplicate cop(ies) under one Message-ID",
