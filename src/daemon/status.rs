@@ -20,8 +20,9 @@
 //! # Health
 //!
 //! A running `taskmail run` keeps a [`Health`] (fed by the inbound loop after every pass over
-//! the mailbox and by the outbox after every submission) and writes `<state-dir>/health-<account>.json`
-//! ([`health_path`], a [`DaemonHealth`]) every [`HEALTH_EVERY`]: the push channel (connected or
+//! the mailbox and by the outbox after every submission) and writes
+//! `<state-dir>/health-<account>.json` ([`health_path`], a [`DaemonHealth`]) every
+//! [`HEALTH_EVERY`]: the push channel (connected or
 //! polling, since when, reconnects, last error), the last successful mailbox sync and the last
 //! JMAP error, the last submission and the last SMTP error, the outbox backlog (pending and
 //! dead rows, oldest pending age) and the run queue. `taskmail doctor` reads it
@@ -219,6 +220,7 @@ pub struct HealthEvents {
     pub last_sync_at: Option<chrono::DateTime<chrono::Utc>>,
     /// The last failed pass and its error (a JMAP error, or the store).
     pub last_sync_error: Option<String>,
+    /// When that pass failed.
     pub last_sync_error_at: Option<chrono::DateTime<chrono::Utc>>,
     /// Failed passes in a row (0 after a success).
     pub sync_failures: u64,
@@ -226,6 +228,7 @@ pub struct HealthEvents {
     pub last_submit_at: Option<chrono::DateTime<chrono::Utc>>,
     /// The last failed submission and its error.
     pub last_smtp_error: Option<String>,
+    /// When that submission failed.
     pub last_smtp_error_at: Option<chrono::DateTime<chrono::Utc>>,
 }
 
@@ -310,7 +313,9 @@ fn capped(error: &str) -> String {
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct QueueHealth {
+    /// Tasks running now.
     pub running: u64,
+    /// Tasks waiting for a run slot.
     pub queued: u64,
 }
 
@@ -318,16 +323,22 @@ pub struct QueueHealth {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct DaemonHealth {
+    /// The account's config name.
     pub account: String,
+    /// The daemon's process id.
     pub pid: u32,
+    /// When the daemon started.
     pub started_at: chrono::DateTime<chrono::Utc>,
     /// When this was written.
     pub recorded_at: chrono::DateTime<chrono::Utc>,
     /// The push channel, when the daemon runs a push supervisor.
     pub push: Option<StoredPushStatus>,
+    /// What the inbound loop and the outbox saw last (flattened into the file).
     #[serde(flatten)]
     pub events: HealthEvents,
+    /// The account's outbox backlog.
     pub outbox: OutboxBacklog,
+    /// The run queue.
     pub queue: QueueHealth,
 }
 
