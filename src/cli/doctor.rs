@@ -74,6 +74,9 @@ struct Check {
     hint: Option<String>,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     details: Vec<String>,
+    /// Structured facts (the `health` check: the daemon's health file).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    data: Option<serde_json::Value>,
     #[serde(skip)]
     cause: Cause,
 }
@@ -87,6 +90,7 @@ impl Check {
             message,
             hint: None,
             details: Vec::new(),
+            data: None,
             cause: Cause::Other,
         }
     }
@@ -534,6 +538,9 @@ async fn check_account(config: &Config, account: &Account, checks: &mut Vec<Chec
     };
     checks.push(push);
     checks.push(daemon(config, account));
+    if let Some(check) = health(config, account, crate::clock::now()) {
+        checks.push(check);
+    }
 }
 
 /// Runs the push supervisor for a moment: the channel it connects, or its last error.
@@ -602,6 +609,111 @@ fn daemon(config: &Config, account: &Account) -> Check {
         ),
         _ => Check::pass("daemon", a, message),
     }
+}
+
+/// The health the serving daemon last wrote (`<state-dir>/health-<account>.json`): push
+/// connected or polling, last successful sync, outbox backlog, last JMAP and SMTP errors,
+/// reconnects. `None` when no `taskmail run` serves the account. A `warn` for every problem
+/// [`status::DaemonHealth::problems`] finds, and for a file older than three write intervals
+/// (the daemon hangs, or is an older version).
+fn health(config: &Config, account: &Account, now: chrono::DateTime<chrono::Utc>) -> Option<Check> {
+    let a = Some(account);
+    let holder = status::lock_holder(config.state_dir(), &account.name)?;
+    if holder.kind != "run" {
+        return None;
+    }
+    let path = status::health_path(config.state_dir(), &account.name);
+    let Some(health) = status::read_health(config.state_dir(), &account.name) else {
+        return Some(Check::warn(
+            "health",
+            a,
+            format!(
+                "{} wrote no health file yet ({})",
+                holder.describe(),
+                path.display()
+            ),
+            "a daemon writes it within seconds of starting; an older taskmail writes none"
+                .to_owned(),
+        ));
+    };
+    let data = serde_json::to_value(&health).ok();
+    let age = (now - health.recorded_at).to_std().unwrap_or_default();
+    let mut details = vec![
+        format!(
+            "last sync: {}",
+            health.events.last_sync_at.map_or_else(
+                || "never".to_owned(),
+                |t| t.format("%Y-%m-%d %H:%M:%S UTC").to_string()
+            )
+        ),
+        format!(
+            "outbox: {} pending{}, {} dead",
+            health.outbox.pending,
+            health
+                .outbox
+                .oldest_pending_at
+                .map(|t| format!(
+                    " (oldest {} old)",
+                    format_duration(Duration::from_secs(
+                        (now - t).to_std().unwrap_or_default().as_secs()
+                    ))
+                ))
+                .unwrap_or_default(),
+            health.outbox.dead
+        ),
+    ];
+    if let (Some(error), Some(at)) = (
+        &health.events.last_sync_error,
+        health.events.last_sync_error_at,
+    ) {
+        details.push(format!(
+            "last JMAP error ({}): {error}",
+            at.format("%Y-%m-%d %H:%M:%S")
+        ));
+    }
+    if let Some(push) = &health.push
+        && let (Some(error), Some(at)) = (&push.last_error, push.last_error_at)
+    {
+        details.push(format!(
+            "last push error ({}): {error}",
+            at.format("%Y-%m-%d %H:%M:%S")
+        ));
+    }
+    if let (Some(error), Some(at)) = (
+        &health.events.last_smtp_error,
+        health.events.last_smtp_error_at,
+    ) {
+        details.push(format!(
+            "last SMTP error ({}): {error}",
+            at.format("%Y-%m-%d %H:%M:%S")
+        ));
+    }
+    let message = health.summary(now);
+    let mut problems = health.problems(now);
+    if age > status::HEALTH_EVERY * 3 {
+        problems.insert(
+            0,
+            format!(
+                "the health file is {} old (written every {})",
+                format_duration(Duration::from_secs(age.as_secs())),
+                format_duration(status::HEALTH_EVERY)
+            ),
+        );
+    }
+    let mut check = if problems.is_empty() {
+        Check::pass("health", a, message)
+    } else {
+        details.splice(0..0, problems.iter().map(|p| format!("problem: {p}")));
+        Check::warn(
+            "health",
+            a,
+            format!("{message}; {} problem(s)", problems.len()),
+            "the daemon retries by itself (reconnects, outbox backoff); fix the cause named above, and see its log".to_owned(),
+        )
+    };
+    check.details = details;
+    check.data = data;
+    Some(check)
 }
 
 /// The worker's agent profile and its program.

@@ -903,6 +903,7 @@ where
         inbox_id,
         failures: Mutex::new(std::collections::HashMap::new()),
         backoffs: Backoffs::new()?,
+        health: super::status::Health::default(),
     });
     let state = core.start_state().await?;
     core.prune();

@@ -187,7 +187,10 @@ where
     let mut failures: u32 = 0;
     let mut hints_open = true;
     loop {
-        let retry = match core.sync().await {
+        let synced = core.sync().await;
+        // health hook (faults part): the last sync and JMAP error, for `taskmail doctor`
+        core.health.note_sync(&synced, core.now());
+        let retry = match synced {
             Ok(()) => {
                 failures = 0;
                 None

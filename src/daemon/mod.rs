@@ -349,6 +349,8 @@ pub(crate) struct Core<M, S, A> {
     /// Route failures per JMAP id, to give up on a mail that always fails.
     pub(crate) failures: Mutex<std::collections::HashMap<String, u32>>,
     pub(crate) backoffs: Backoffs,
+    /// What the inbound loop and the outbox saw last ([`status::Health`]).
+    pub(crate) health: status::Health,
 }
 
 /// Retry delays of the daemon's loops.
@@ -533,6 +535,7 @@ where
         inbox_id,
         failures: Mutex::new(std::collections::HashMap::new()),
         backoffs: Backoffs::new()?,
+        health: status::Health::default(),
     });
     let state = core.start_state().await?;
     let recovered = core.recover()?;
@@ -545,6 +548,10 @@ where
         side.spawn(future);
     }
     side.spawn(prune_periodically(Arc::clone(&core)));
+    side.spawn(status::report_health(
+        Arc::clone(&core),
+        push_status.clone(),
+    ));
     if let Some(push_status) = push_status {
         side.spawn(status::record_push_status(
             core.db.clone(),

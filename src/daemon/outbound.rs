@@ -349,6 +349,8 @@ where
         );
         let result = core.submit.send_raw(&envelope, &item.bytes).await;
         let now = core.now();
+        // health hook (faults part): the last submission and SMTP error, for `taskmail doctor`
+        core.health.note_submit(&result, now);
         let recorded = match result {
             Ok(()) => {
                 tracing::info!(parent: &span, rcpt = ?item.rcpt_to, bytes = item.bytes.len(), "sent");

@@ -1284,3 +1284,78 @@ async fn a_high_risk_dispatch_is_quarantined_and_runs_once_after_release() {
     assert_eq!(h.sent_for("Q1").len(), 2);
     h.shutdown().await;
 }
+
+/// The running daemon prunes its store on its schedule ([`PRUNE_EVERY`]), by the daemon's
+/// clock: a finished task and its processed mail and sent outbox rows go once they are past
+/// their retention, at the next scheduled pass and not before; a running task and its mail stay.
+#[tokio::test(start_paused = true)]
+async fn the_running_daemon_prunes_old_rows_on_its_schedule() {
+    let mut h = Harness::new("");
+    // The daemon's clock: paused tokio time plus a jump this test controls.
+    let jump = Arc::new(std::sync::atomic::AtomicI64::new(0));
+    let base = paused_clock();
+    let offset = Arc::clone(&jump);
+    let clock: Clock = Arc::new(move || {
+        base() + TimeDelta::seconds(offset.load(std::sync::atomic::Ordering::SeqCst))
+    });
+    let (hints_tx, hints_rx) = mpsc::channel(16);
+    let (events_tx, events_rx) = broadcast::channel(1024);
+    let (stop_tx, stop_rx) = oneshot::channel::<()>();
+    let mut deps = Deps::new(
+        Arc::clone(&h.mail),
+        Arc::clone(&h.submit),
+        Arc::clone(&h.agent),
+        hints_rx,
+    );
+    deps.events = Some(events_tx);
+    deps.clock = clock;
+    let config = h.config.clone();
+    h.daemon = Some(tokio::spawn(async move {
+        run(&config, deps, async {
+            let _ = stop_rx.await;
+        })
+        .await
+    }));
+    h.hints = Some(hints_tx);
+    h.events = Some(events_rx);
+    h.stop = Some(stop_tx);
+    h.wait_event("ready", |e| matches!(e, EventKind::Ready { .. }))
+        .await;
+
+    let (_, done) = dispatch_mail("P1", BOSS, "finish me", None, None);
+    h.deliver(&done);
+    h.wait_result("P1").await;
+    h.settle(Duration::from_millis(100)).await;
+    // concurrency 1: P2 runs for a year, long past every retention
+    let (_, running) = dispatch_mail("P2", BOSS, "please sleep: 31536000", None, None);
+    h.deliver(&running);
+    h.wait_sent("the ack of P2", |s| {
+        s.task_id() == Some("P2") && s.intent() == Some("task.ack")
+    })
+    .await;
+    h.settle(Duration::from_millis(100)).await;
+    let before = h.store().stats().unwrap();
+    assert_eq!((before.tasks, before.open_tasks), (2, 1), "{before:?}");
+    assert_eq!(before.processed, 2, "{before:?}");
+    assert_eq!(before.outbox_sent, 3, "{before:?}");
+
+    // 91 days later by the daemon's clock; the next scheduled pass has not come yet.
+    jump.store(91 * 86_400, std::sync::atomic::Ordering::SeqCst);
+    h.settle(Duration::from_secs(60)).await;
+    assert_eq!(
+        h.store().stats().unwrap().tasks,
+        2,
+        "pruned before its time"
+    );
+
+    h.settle(PRUNE_EVERY).await;
+    let after = h.store().stats().unwrap();
+    assert_eq!((after.tasks, after.open_tasks), (1, 1), "{after:?}");
+    assert!(h.task_state("P1").is_none());
+    assert_eq!(h.task_state("P2"), Some(TaskState::Running));
+    // P2's dispatch is in an open task's thread: kept; P1's went.
+    assert_eq!(after.processed, 1, "{after:?}");
+    assert_eq!(after.outbox_sent, 0, "{after:?}");
+    assert_eq!(after.audit, before.audit, "the audit log is never pruned");
+    h.crash().await;
+}

@@ -80,7 +80,7 @@ pub use audit::{AuditEntry, AuditRecord};
 pub use error::StoreError;
 pub use grants::{GrantRecord, GrantSource, PairCode, PairCodeRefusal, state_name};
 pub use mailbox::{IndexedFrame, SentRecord};
-pub use outbox::{OutboxItem, OutboxStatus, OutgoingMessage};
+pub use outbox::{OutboxBacklog, OutboxItem, OutboxStatus, OutgoingMessage};
 pub use quarantine::{QuarantineState, Quarantined};
 pub use tasks::{NewTask, Role, StoredResult, Task, TaskFilter, TaskOrder, TaskState};
 pub use thread::{Direction, ThreadEntry};

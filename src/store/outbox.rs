@@ -117,6 +117,18 @@ fn item_from_row(row: &Row<'_>) -> rusqlite::Result<OutboxItem> {
     })
 }
 
+/// The outbox's backlog ([`Store::outbox_backlog`]), for health reports.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct OutboxBacklog {
+    /// Rows not yet accepted by the submission server.
+    pub pending: u64,
+    /// Rows that failed permanently (kept [`super::OUTBOX_DEAD_RETENTION`]).
+    pub dead: u64,
+    /// When the oldest pending row was queued.
+    pub oldest_pending_at: Option<DateTime<Utc>>,
+}
+
 impl Store {
     /// Queues `message`, due at once. Idempotent on the Message-ID: when it is already queued
     /// (in any status) nothing changes and this returns false; the first bytes win.
@@ -220,6 +232,26 @@ impl Store {
             )
             .map(|n| n == 1)
             .map_err(sql("record a failed submission"))
+    }
+
+    /// Pending and dead counts of `account`'s outbox (every account's with `None`), and the
+    /// age of its oldest pending row.
+    pub fn outbox_backlog(&self, account: Option<&str>) -> Result<OutboxBacklog, StoreError> {
+        self.conn
+            .query_row(
+                "SELECT COALESCE(SUM(status = 'pending'), 0), COALESCE(SUM(status = 'dead'), 0),
+                        MIN(CASE WHEN status = 'pending' THEN created_at END)
+                 FROM outbox WHERE ?1 IS NULL OR account = ?1",
+                [account],
+                |row| {
+                    Ok(OutboxBacklog {
+                        pending: u64::try_from(row.get::<_, i64>(0)?).unwrap_or(0),
+                        dead: u64::try_from(row.get::<_, i64>(1)?).unwrap_or(0),
+                        oldest_pending_at: opt_time_at(row, 2, "created_at")?,
+                    })
+                },
+            )
+            .map_err(sql("read the outbox backlog"))
     }
 
     /// The outbox row for a Message-ID, in any status.

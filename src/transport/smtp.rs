@@ -1,6 +1,9 @@
 //! SMTP submission ([RFC 6409](https://www.rfc-editor.org/rfc/rfc6409)) through lettre: a
 //! pooled connection per account, STARTTLS, implicit TLS or (loopback only, as config
-//! validation allows) plaintext, AUTH PLAIN/LOGIN, a timeout on every command.
+//! validation allows) plaintext, AUTH PLAIN/LOGIN, a timeout on every command: the dialogue up
+//! to the login, each message, the NOOP probe of an idle pooled connection and the QUIT of one
+//! given up on (lettre's `abort` waits for the answer to QUIT, which a stalled server never
+//! sends) are all bounded.
 //!
 //! Failures classify themselves ([RFC 5321 §4.2.1](https://www.rfc-editor.org/rfc/rfc5321#section-4.2.1)):
 //! 4yz replies, timeouts, refused or dropped connections are transient and retried here with
@@ -285,6 +288,9 @@ struct Inner {
 /// A pooled connection idle for longer than this is checked with NOOP before it is reused.
 const IDLE_CHECK: Duration = Duration::from_secs(30);
 
+/// How long a connection given up on may take to say goodbye (QUIT) before it is dropped.
+const ABORT_WAIT: Duration = Duration::from_secs(2);
+
 impl fmt::Debug for SmtpSubmit {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("SmtpSubmit")
@@ -342,7 +348,7 @@ impl SmtpSubmit {
     /// `taskmail doctor`). No retries.
     pub async fn check(&self) -> Result<(), SendError> {
         let mut conn = self.connect().await?;
-        let _ = conn.quit().await;
+        let _ = tokio::time::timeout(self.inner.timeout, conn.quit()).await;
         Ok(())
     }
 
@@ -353,12 +359,30 @@ impl SmtpSubmit {
             Err(poisoned) => std::mem::take(&mut *poisoned.into_inner()),
         };
         for (mut conn, _) in idle {
-            let _ = conn.quit().await;
+            let _ = tokio::time::timeout(self.inner.timeout, conn.quit()).await;
         }
     }
 
-    /// A fresh, logged-in connection.
+    /// A fresh, logged-in connection. The whole dialogue up to the login (greeting, EHLO,
+    /// STARTTLS, AUTH) has one `timeout`: a server that accepts the connection and then stays
+    /// silent is a transient failure, not a hang.
     async fn connect(&self) -> Result<AsyncSmtpConnection, SendError> {
+        match tokio::time::timeout(self.inner.timeout, self.connect_unbounded()).await {
+            Ok(result) => result,
+            Err(_) => Err(SendError::Temporary {
+                endpoint: self.endpoint.clone(),
+                status: None,
+                attempts: 1,
+                source: format!(
+                    "no greeting or login answer within {:?}",
+                    self.inner.timeout
+                )
+                .into(),
+            }),
+        }
+    }
+
+    async fn connect_unbounded(&self) -> Result<AsyncSmtpConnection, SendError> {
         let inner = &self.inner;
         let connected = match inner.tls {
             SmtpTls::Implicit => {
@@ -441,11 +465,21 @@ impl SmtpSubmit {
             let Some((mut conn, since)) = candidate else {
                 return self.connect().await;
             };
-            if since.elapsed() < IDLE_CHECK || conn.test_connected().await {
+            if since.elapsed() < IDLE_CHECK
+                || tokio::time::timeout(self.inner.timeout, conn.test_connected())
+                    .await
+                    .unwrap_or(false)
+            {
                 return Ok(conn);
             }
-            conn.abort().await;
+            self.abort(conn).await;
         }
+    }
+
+    /// Drops a connection after a QUIT that may take [`ABORT_WAIT`] at most: lettre's `abort`
+    /// waits for the server's answer to QUIT, which a stalled server never sends.
+    async fn abort(&self, mut conn: AsyncSmtpConnection) {
+        let _ = tokio::time::timeout(ABORT_WAIT.min(self.inner.timeout), conn.abort()).await;
     }
 
     fn checkin(&self, conn: AsyncSmtpConnection) {
@@ -467,11 +501,11 @@ impl SmtpSubmit {
             }
             Ok(Err(e)) => {
                 // NOTE: after any error the session's state is unknown: never reuse it.
-                conn.abort().await;
+                self.abort(conn).await;
                 Err(classify(&self.endpoint, e, 1))
             }
             Err(_) => {
-                conn.abort().await;
+                self.abort(conn).await;
                 Err(SendError::Temporary {
                     endpoint: self.endpoint.clone(),
                     status: None,
@@ -762,6 +796,68 @@ mod tests {
     }
 
     const MESSAGE: &[u8] = b"From: a@x.test\r\nTo: b@x.test\r\nSubject: t\r\n\r\nhi\r\n";
+
+    /// A server that accepts connections and never says a word (or stops answering mid-way).
+    async fn silent_server(greet: bool) -> (u16, Arc<AtomicUsize>) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let count = Arc::clone(&accepted);
+        tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                count.fetch_add(1, Ordering::SeqCst);
+                tokio::spawn(async move {
+                    let (read, mut write) = stream.into_split();
+                    let mut read = BufReader::new(read);
+                    if greet {
+                        let _ = write.write_all(b"220 x ESMTP\r\n").await;
+                        let mut line = String::new();
+                        // EHLO answered, then silence (also to QUIT)
+                        let _ = read.read_line(&mut line).await;
+                        let _ = write.write_all(b"250-x\r\n250 AUTH PLAIN\r\n").await;
+                        let _ = read.read_line(&mut line).await;
+                        let _ = write.write_all(b"235 2.7.0 ok\r\n").await;
+                    }
+                    let mut rest = Vec::new();
+                    let _ = tokio::io::AsyncReadExt::read_to_end(&mut read, &mut rest).await;
+                });
+            }
+        });
+        (port, accepted)
+    }
+
+    #[tokio::test]
+    async fn a_silent_server_times_out_instead_of_hanging() {
+        for greet in [false, true] {
+            let (port, accepted) = silent_server(greet).await;
+            let mut settings =
+                SmtpSettings::new("127.0.0.1", port, SmtpTls::Plaintext, "a@x.test", "pw")
+                    .with_retry(RetryPolicy {
+                        attempts: 2,
+                        backoff: Backoff::new(Duration::from_millis(5), Duration::from_millis(20))
+                            .unwrap(),
+                    });
+            settings.timeout = Duration::from_millis(300);
+            let smtp = SmtpSubmit::new(settings).unwrap();
+            let started = Instant::now();
+            let error =
+                tokio::time::timeout(Duration::from_secs(10), smtp.send_raw(&envelope(), MESSAGE))
+                    .await
+                    .expect("send_raw hung on a silent server")
+                    .unwrap_err();
+            assert!(error.is_transient(), "{error:?}");
+            assert_eq!(
+                accepted.load(Ordering::SeqCst),
+                2,
+                "greet {greet}: one connection a try"
+            );
+            assert!(
+                started.elapsed() < Duration::from_secs(3),
+                "{:?}",
+                started.elapsed()
+            );
+        }
+    }
 
     #[tokio::test]
     async fn a_session_cap_is_absorbed_by_reconnecting() {

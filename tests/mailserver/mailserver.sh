@@ -17,6 +17,9 @@
 #   mailserver.sh up stalwart|cyrus|all      install what is missing, (re)start, write the env file
 #   mailserver.sh stop [stalwart|cyrus|all]  stop what `up` started, by PID (default: all);
 #                                            stopping Stalwart stops the DNS too
+#   mailserver.sh restart [stalwart|cyrus|all]  stop and start again on the same data (mail
+#                                            kept; the DNS and syslog keep running): a fault
+#                                            for tests/server_faults.rs
 #   mailserver.sh status
 #   mailserver.sh env [stalwart|cyrus]       print the env file path(s)
 #   mailserver.sh build stalwart [--bench]   build (or find in the cache) the Stalwart binary;
@@ -91,6 +94,12 @@ case "$cmd" in
         rc=0
         for p in $pids; do wait "$p" || rc=1; done
         exit "$rc"
+        ;;
+    restart)
+        servers=$(which_servers "${1:-}" all)
+        for s in $servers; do
+            if [ "$s" = stalwart ]; then stalwart_restart; else cyrus_restart; fi
+        done
         ;;
     status)
         stalwart_status

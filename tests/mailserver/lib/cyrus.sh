@@ -327,6 +327,35 @@ cyrus_up() {
         "start $(secs_since "$t2")s, total $(secs_since "$t0")s), push: ${CY_PUSH:-none}, env $CY_ENV"
 }
 
+# cyrus_restart: stop Cyrus' master and Postfix and start both again on the same configuration
+# and spool (the mail stays): the "server restarted" fault. The private syslog keeps running.
+cyrus_restart() {
+    local t0 _
+    if ! [ -f "$CY_ENV" ] || ! [ -f "$PF_DIR/main.cf" ]; then
+        die "cyrus: not set up, nothing to restart" "bash tests/mailserver/mailserver.sh up cyrus"
+    fi
+    t0=$(now)
+    if postfix -c "$PF_DIR" status > /dev/null 2>&1; then
+        postfix -c "$PF_DIR" stop > /dev/null 2>&1 || true
+        for _ in $(seq 1 100); do postfix -c "$PF_DIR" status > /dev/null 2>&1 || break; sleep 0.1; done
+    fi
+    stop_pidfile "$CY_PIDFILE" "cyrus master" "$CY_DIR/cyrus.conf"
+    "$CY_BIN/master" -C "$CY_CONF" -M "$CY_DIR/cyrus.conf" -p "$CY_PIDFILE" -d -L "$LOG_DIR/cyrus-master.log" \
+        || die "cyrus master failed to restart (logs: $LOG_DIR/cyrus-master.log, $LOG_DIR/syslog)"
+    postfix -c "$PF_DIR" start > "$LOG_DIR/postfix-start.log" 2>&1 \
+        || { cat "$LOG_DIR/postfix-start.log" >&2; die "postfix failed to restart (log $LOG_DIR/postfix.log)"; }
+    echo "$PF_DIR" > "$PF_MARKER"
+    wait_ports 60 "$CY_PIDFILE" "$CY_DIR/cyrus.conf" "$CYRUS_IMAP_PORT" "$CYRUS_HTTP_PORT" "$CYRUS_LMTP_PORT" \
+        "$CYRUS_SMTP_PORT" "$CYRUS_SUBMISSION_PORT" \
+        || die "cyrus/postfix did not come back (logs $LOG_DIR/syslog, $LOG_DIR/postfix.log)"
+    jmap_session "worker@$MAIL_DOMAIN" "$CYRUS_HTTP_PORT" > /dev/null \
+        || die "cyrus: JMAP session after the restart failed (log $LOG_DIR/syslog)"
+    # mail Postfix deferred meanwhile goes now, not after its 5-minute queue run
+    postqueue -c "$PF_DIR" -f > /dev/null 2>&1 || true
+    cyrus_write_env
+    log "cyrus: restarted on the same spool in $(secs_since "$t0")s (master pid $(cat "$CY_PIDFILE"))"
+}
+
 cyrus_status() {
     if pid_alive "$CY_PIDFILE" "$CY_DIR/cyrus.conf"; then
         echo "cyrus: running (master pid $(cat "$CY_PIDFILE")), env $CY_ENV"

@@ -541,29 +541,10 @@ stalwart_stop() {
     rm -f "$SW_ENV"
 }
 
-# stalwart_up debug|bench
-stalwart_up() {
-    local build=${1:-debug} bin t0 t1 u push
-    t0=$(now)
-    # mutt tmux: the human's mail client in tests/human.rs, driven through tmux
-    apt_install curl mutt tmux
-    stalwart_build "$build"
-    # the local DNS first: Stalwart reads its DKIM keys at boot and resolves through it
-    [ "$STALWART_MAIL_AUTH" = off ] || dns_up
-    bin=$(stalwart_bin "$build")
-    # idempotent: a running Stalwart of ours is restarted (fresh data); anything else on our
-    # ports is an error, never killed
-    stalwart_stop
-    for u in "$STALWART_SMTP_PORT:smtp" "$STALWART_SMTP_ENFORCE_PORT:smtp-enforce" "$STALWART_SUBMISSION_PORT:submission" \
-             "$STALWART_IMAP_PORT:imap" "$STALWART_HTTP_PORT:http"; do
-        port_free_or_die "${u%%:*}" "stalwart ${u#*:}"
-    done
-    mkdir -p "$RUN_DIR" "$LOG_DIR" "$SW_DATA"
-    stalwart_config
-    t1=$(now)
-    log "stalwart: starting on $HOST (smtp $STALWART_SMTP_PORT, smtp-enforce $STALWART_SMTP_ENFORCE_PORT," \
-        "submission $STALWART_SUBMISSION_PORT, imap $STALWART_IMAP_PORT, http $STALWART_HTTP_PORT)," \
-        "mail auth $STALWART_MAIL_AUTH, log $SW_LOG"
+# stalwart_start debug|bench BIN: start BIN on the configuration (and data) in $SW_DATA, wait
+# until it serves every port and account, write the env file. Sets `push`.
+stalwart_start() {
+    local build=$1 bin=$2 u
     echo "--- $(date -u +%FT%TZ) start $bin" >> "$SW_LOG"
     setsid "$bin" --config "$SW_DATA/config.toml" >> "$SW_LOG" 2>&1 < /dev/null &
     echo $! > "$SW_PIDFILE"
@@ -611,6 +592,50 @@ stalwart_up() {
         CONFIG="$SW_DATA/config.toml" \
         PID="$(cat "$SW_PIDFILE")" \
         LOG="$SW_LOG"
+}
+
+# stalwart_restart: stop the running Stalwart and start it again on the same configuration and
+# data directory (the mail stays): the "server restarted" fault. The DNS keeps running. Prints
+# the seconds the server was away.
+stalwart_restart() {
+    local build bin t0
+    if ! [ -s "$SW_DATA/config.toml" ] || ! [ -s "$SW_ENV" ]; then
+        die "stalwart: not set up, nothing to restart" "bash tests/mailserver/mailserver.sh up stalwart"
+    fi
+    build=$(sed -n 's/^BUILD=//p' "$SW_ENV")
+    bin=$(sed -n 's/^BINARY=//p' "$SW_ENV")
+    [ -x "$bin" ] || bin=$(stalwart_bin "${build:-debug}")
+    [ -x "$bin" ] || die "stalwart: binary $bin is missing" "bash tests/mailserver/mailserver.sh up stalwart"
+    t0=$(now)
+    stop_pidfile "$SW_PIDFILE" stalwart stalwart-jmap
+    stalwart_start "${build:-debug}" "$bin"
+    log "stalwart: restarted on the same data in $(secs_since "$t0")s (pid $(cat "$SW_PIDFILE"))"
+}
+
+# stalwart_up debug|bench
+stalwart_up() {
+    local build=${1:-debug} bin t0 t1 u push
+    t0=$(now)
+    # mutt tmux: the human's mail client in tests/human.rs, driven through tmux
+    apt_install curl mutt tmux
+    stalwart_build "$build"
+    # the local DNS first: Stalwart reads its DKIM keys at boot and resolves through it
+    [ "$STALWART_MAIL_AUTH" = off ] || dns_up
+    bin=$(stalwart_bin "$build")
+    # idempotent: a running Stalwart of ours is restarted (fresh data); anything else on our
+    # ports is an error, never killed
+    stalwart_stop
+    for u in "$STALWART_SMTP_PORT:smtp" "$STALWART_SMTP_ENFORCE_PORT:smtp-enforce" "$STALWART_SUBMISSION_PORT:submission" \
+             "$STALWART_IMAP_PORT:imap" "$STALWART_HTTP_PORT:http"; do
+        port_free_or_die "${u%%:*}" "stalwart ${u#*:}"
+    done
+    mkdir -p "$RUN_DIR" "$LOG_DIR" "$SW_DATA"
+    stalwart_config
+    t1=$(now)
+    log "stalwart: starting on $HOST (smtp $STALWART_SMTP_PORT, smtp-enforce $STALWART_SMTP_ENFORCE_PORT," \
+        "submission $STALWART_SUBMISSION_PORT, imap $STALWART_IMAP_PORT, http $STALWART_HTTP_PORT)," \
+        "mail auth $STALWART_MAIL_AUTH, log $SW_LOG"
+    stalwart_start "$build" "$bin"
     log "stalwart: up in $(secs_since "$t1")s (total $(secs_since "$t0")s), push: ${push:-none}," \
         "mail auth: $STALWART_MAIL_AUTH, env $SW_ENV"
 }
