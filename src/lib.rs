@@ -32,6 +32,7 @@ pub mod clock;
 pub mod config;
 pub mod daemon;
 pub mod ids;
+pub mod mailbox;
 pub mod mcp;
 pub mod profile;
 pub mod store;
