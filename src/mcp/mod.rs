@@ -117,6 +117,8 @@ pub struct McpState {
     pub config: Config,
     /// The account the tools act as.
     pub account: Account,
+    /// The account's mailbox, opened by the first mailbox tool.
+    mailbox: tokio::sync::OnceCell<crate::mailbox::Mailbox>,
 }
 
 impl McpState {
@@ -137,7 +139,11 @@ impl McpServer {
     /// A server acting as `account` (a config account name).
     pub fn new(config: Config, account: Account) -> McpServer {
         McpServer {
-            state: Arc::new(McpState { config, account }),
+            state: Arc::new(McpState {
+                config,
+                account,
+                mailbox: tokio::sync::OnceCell::new(),
+            }),
         }
     }
 
@@ -157,7 +163,9 @@ impl McpServer {
                 "INTERNAL",
                 format!("the tool stopped unexpectedly: {e}"),
             )
-            .fix("retry; report a bug with the server's stderr if it happens again")))
+            .fix(
+                "retry; report a bug with the server's stderr if it happens again",
+            )))
         })
     }
 }
@@ -241,7 +249,9 @@ pub async fn serve(config: Config, account: Account) -> Result<(), McpError> {
     if let Some(handle) = pipeline {
         let _ = tokio::time::timeout(std::time::Duration::from_secs(6), handle).await;
     }
-    ended.map(|_| ()).map_err(|e| McpError::Session(e.to_string()))
+    ended
+        .map(|_| ())
+        .map_err(|e| McpError::Session(e.to_string()))
 }
 
 /// Starts the dispatcher-only pipeline of `account` if this process can take its lock.

@@ -150,11 +150,7 @@ fn tool(name: &'static str, description: &'static str, schema: Value) -> Tool {
 }
 
 /// Runs tool `name`; `None` when there is no such tool.
-pub async fn call(
-    state: &McpState,
-    name: &str,
-    args: &Value,
-) -> Option<Result<Value, ToolError>> {
+pub async fn call(state: &McpState, name: &str, args: &Value) -> Option<Result<Value, ToolError>> {
     Some(match name {
         "send_message" => super::mailbox::send_message(state, args).await,
         "check_inbox" => super::mailbox::check_inbox(state, args).await,
@@ -349,14 +345,9 @@ async fn answer_help(state: &McpState, args: &Value) -> Result<Value, ToolError>
     let id = required_str(args, "task_id")?;
     let text = required_str(args, "text")?;
     let store = state.store()?;
-    let answered = crate::cli::answer::answer_task(
-        &state.config,
-        &store,
-        id,
-        Some(&state.account.name),
-        text,
-    )
-    .await?;
+    let answered =
+        crate::cli::answer::answer_task(&state.config, &store, id, Some(&state.account.name), text)
+            .await?;
     Ok(json!({
         "taskId": answered.queued.task_id,
         "messageId": answered.queued.message_id,
