@@ -39,13 +39,13 @@ pub use diagnostic::{ConfigErrors, Diagnostic};
 pub use duration::{DurationError, format_duration, parse_duration};
 pub use env::{Env, locate};
 pub use raw::{
-    RawAccount, RawConfig, RawDispatcher, RawDuration, RawGrant, RawJmap, RawServe, RawServeToken,
-    RawSmtp, RawTrust, RawWorker,
+    RawAccount, RawAsmtp, RawConfig, RawDispatcher, RawDuration, RawGrant, RawJmap, RawServe,
+    RawServeToken, RawSmtp, RawTrust, RawWorker,
 };
 pub use schema::Mode;
 pub use secret::{Secret, SecretError};
 pub use types::{
-    Account, Dispatcher, Grant, GrantState, INTENTS, Jmap, LogFormat, OnCancel, OnRefused,
+    Account, Asmtp, Dispatcher, Grant, GrantState, INTENTS, Jmap, LogFormat, OnCancel, OnRefused,
     Priority, PushMode, RateLimit, Serve, ServeToken, Smtp, SmtpTls, Trust, Worker,
 };
 
@@ -92,6 +92,7 @@ pub struct Config {
     trust: Trust,
     profiles: std::collections::BTreeMap<String, AgentProfileLayer>,
     serve: Serve,
+    asmtp: Asmtp,
     warnings: Vec<Diagnostic>,
 }
 
@@ -196,6 +197,11 @@ impl Config {
     /// `[serve]` with defaults applied.
     pub fn serve(&self) -> &Serve {
         &self.serve
+    }
+
+    /// `[asmtp]` with defaults applied.
+    pub fn asmtp(&self) -> &Asmtp {
+        &self.asmtp
     }
 
     /// Things worth telling that did not stop validation: applied defaults, ignored keys.

@@ -46,6 +46,18 @@ pub struct RawConfig {
     pub profiles: Option<BTreeMap<String, RawAgentProfile>>,
     /// `[serve]`.
     pub serve: Option<RawServe>,
+    /// `[asmtp]`.
+    pub asmtp: Option<RawAsmtp>,
+}
+
+/// `[asmtp]`: the agent's mailbox.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct RawAsmtp {
+    /// How far back the first sync of a new local mailbox index looks.
+    pub backfill: Option<RawDuration>,
+    /// `[asmtp.directory]`: handle -> address, for peers whose address is not `owner.name@domain`.
+    pub directory: Option<BTreeMap<String, String>>,
 }
 
 /// `[accounts.NAME]`.
@@ -70,6 +82,8 @@ pub struct RawAccount {
     pub jmap: Option<RawJmap>,
     /// Sign outbound mail with the account's key when it has one (default true).
     pub sign: Option<bool>,
+    /// The account's ASMTP handle, `@owner.name`.
+    pub handle: Option<String>,
 }
 
 /// `[accounts.NAME.smtp]`.

@@ -134,6 +134,9 @@ pub struct Account {
     /// Whether mail sent from this account is signed (`X-ASMTP-Signature`) with the key in
     /// `<state-dir>/keys/<name>.key`, when that key exists.
     pub sign: bool,
+    /// The ASMTP handle, normalised `@owner.name`; `None`: derived from `email` when its local
+    /// part is `owner.name`.
+    pub handle: Option<String>,
 }
 
 /// SMTP submission settings of one account.
@@ -285,4 +288,15 @@ pub struct ServeToken {
     pub agent: String,
     /// The token, still a reference.
     pub token: Secret,
+}
+
+/// The agent's mailbox (`[asmtp]`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Asmtp {
+    /// How far back the first sync of a new local mailbox index looks (default 7 days).
+    pub backfill: Duration,
+    /// Handle (normalised `@owner.name`) -> address (lowercase), for peers whose address is
+    /// not `owner.name@domain`.
+    pub directory: BTreeMap<String, String>,
 }

@@ -18,12 +18,12 @@ use super::diagnostic::{ConfigErrors, Diagnostic, did_you_mean, index, join, quo
 use super::duration::{DURATION_HINT, parse_duration};
 use super::env::Env;
 use super::raw::{
-    RawAccount, RawConfig, RawDispatcher, RawDuration, RawGrant, RawJmap, RawServe, RawSmtp,
-    RawTrust, RawWorker,
+    RawAccount, RawAsmtp, RawConfig, RawDispatcher, RawDuration, RawGrant, RawJmap, RawServe,
+    RawSmtp, RawTrust, RawWorker,
 };
 use super::secret::Secret;
 use super::types::{
-    Account, Dispatcher, Grant, GrantState, INTENTS, Jmap, LogFormat, OnCancel, OnRefused,
+    Account, Asmtp, Dispatcher, Grant, GrantState, INTENTS, Jmap, LogFormat, OnCancel, OnRefused,
     Priority, PushMode, RateLimit, Serve, ServeToken, Smtp, SmtpTls, Trust, Worker,
 };
 use super::{Config, is_valid_name};
@@ -56,6 +56,7 @@ mod default {
     pub(super) const RATE_LIMIT_COUNT: u32 = 60;
     pub(super) const RATE_LIMIT_PER: Duration = Duration::from_secs(3_600);
     pub(super) const LISTEN: &str = "127.0.0.1:8765";
+    pub(super) const BACKFILL: Duration = Duration::from_secs(7 * 86_400);
 }
 
 /// Checks a duration that must be longer than zero.
@@ -110,6 +111,7 @@ pub(crate) fn validate(raw: RawConfig, env: &Env, report: &mut ConfigErrors) -> 
         profiles.insert(name, AgentProfileLayer::from_raw(profile, &path, cx.report));
     }
     let serve = cx.serve(raw.serve.unwrap_or_default());
+    let asmtp = cx.asmtp(raw.asmtp.unwrap_or_default());
 
     let dispatch_granted = trust.grants.iter().any(|grant| {
         grant.account == worker.account
@@ -145,6 +147,7 @@ pub(crate) fn validate(raw: RawConfig, env: &Env, report: &mut ConfigErrors) -> 
         trust,
         profiles,
         serve,
+        asmtp,
         warnings: std::mem::take(&mut cx.report.warnings),
     })
 }
@@ -389,6 +392,9 @@ impl Checker<'_> {
         let jmap = self.jmap(&join(&path, "jmap"), raw.jmap);
         let jmap_host = jmap.as_ref().map(|jmap| jmap.session_url.host().to_owned());
         let smtp = self.smtp(&join(&path, "smtp"), raw.smtp, jmap_host);
+        let handle = raw
+            .handle
+            .and_then(|h| self.handle(&join(&path, "handle"), &h));
         Some(Account {
             name: name.to_owned(),
             email: email?,
@@ -399,6 +405,7 @@ impl Checker<'_> {
             smtp: smtp?,
             jmap: jmap?,
             sign: raw.sign.unwrap_or(true),
+            handle,
         })
     }
 
@@ -1167,5 +1174,67 @@ impl Checker<'_> {
             }
         }
         Serve { listen, tokens }
+    }
+
+    /// An ASMTP handle, normalised to `@owner.name` (the rule of `wire::asmtp::Handle`, which
+    /// this leaf module cannot use): ASCII, lowercase, `[a-z0-9_-]+` twice, one dot.
+    fn handle(&mut self, path: &str, text: &str) -> Option<String> {
+        let trimmed = text.trim();
+        let bare = trimmed
+            .strip_prefix('@')
+            .unwrap_or(trimmed)
+            .to_ascii_lowercase();
+        let part_ok = |p: &str| {
+            !p.is_empty()
+                && p.bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-')
+        };
+        match bare.split_once('.') {
+            Some((owner, name)) if part_ok(owner) && part_ok(name) && bare.len() <= 64 => {
+                Some(format!("@{bare}"))
+            }
+            _ => {
+                self.error_hint(
+                    path,
+                    format!("cannot use {} as a handle", quote(text)),
+                    "write @owner.name, each part of a-z, 0-9, '_' or '-', e.g. '@acme.planner'",
+                );
+                None
+            }
+        }
+    }
+
+    /// `[asmtp]` with defaults.
+    fn asmtp(&mut self, raw: RawAsmtp) -> Asmtp {
+        let backfill = match raw.backfill {
+            None => default::BACKFILL,
+            Some(raw) => match parse_duration(&raw.0) {
+                Ok(d) => d,
+                Err(error) => {
+                    self.report.error(
+                        Diagnostic::new("asmtp.backfill", error.to_string())
+                            .with_hint(DURATION_HINT),
+                    );
+                    default::BACKFILL
+                }
+            },
+        };
+        let mut directory = BTreeMap::new();
+        for (handle, address) in raw.directory.unwrap_or_default() {
+            let path = join("asmtp.directory", &handle);
+            let Some(normal) = self.handle(&path, &handle) else {
+                continue;
+            };
+            match check_email(&address) {
+                Ok(()) => {
+                    directory.insert(normal, address.trim().to_lowercase());
+                }
+                Err(error) => self.error(&path, error.to_string()),
+            }
+        }
+        Asmtp {
+            backfill,
+            directory,
+        }
     }
 }

@@ -640,6 +640,29 @@ where
         Ok(())
     }
 
+    /// An ASMTP envelope: gated and indexed into the agent's mailbox ([`crate::mailbox`]),
+    /// then marked processed (the mailbox serves it; it never starts a task).
+    fn envelope(&self, fetched: &Fetched) -> Result<(), StoreError> {
+        use crate::mailbox::Ingested;
+        let Some(ingestor) = &self.settings.envelopes else {
+            return self.ignore(fetched, "ignored:asmtp", None);
+        };
+        let now = self.now();
+        let outcome = self.db.with(|s| {
+            Ok(ingestor
+                .ingest(s, fetched, now)
+                .unwrap_or_else(|e| Ingested::Invalid(e.to_string())))
+        })?;
+        let (verdict, detail) = match outcome {
+            Ingested::Indexed(frame) => ("ignored:asmtp-indexed", Some(frame.id.to_string())),
+            Ingested::Duplicate => ("ignored:asmtp-duplicate", None),
+            Ingested::Refused(rule) => ("ignored:asmtp-refused", Some(rule)),
+            Ingested::Invalid(why) => ("ignored:asmtp-invalid", Some(why)),
+            Ingested::NotAsmtp => ("ignored:asmtp", None),
+        };
+        self.ignore(fetched, verdict, detail)
+    }
+
     /// Step 4 and 5 (module docs): `None` when the mail was settled here.
     fn screen(&self, fetched: Fetched, span: &tracing::Span) -> Result<Option<Take>, StoreError> {
         let sender = fetched.inbound.sender();
@@ -741,7 +764,7 @@ where
                 }
             }
             Classified::Asmtp(_) => {
-                self.ignore(&fetched, "ignored:asmtp", None)?;
+                self.envelope(&fetched)?;
                 return Ok(None);
             }
             Classified::Invalid(reason) => {

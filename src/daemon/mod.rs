@@ -264,6 +264,9 @@ pub(crate) struct Settings {
     pub(crate) quarantine_mailbox: String,
     /// Whether the gate requires authentication, so that admitted mail is `verified`.
     pub(crate) authenticated: bool,
+    /// Gates and indexes ASMTP envelopes into the agent's mailbox (`None`: the account has
+    /// no handle, envelopes are ignored).
+    pub(crate) envelopes: Option<Arc<crate::mailbox::Ingestor>>,
 }
 
 impl Settings {
@@ -282,6 +285,9 @@ impl Settings {
             state_dir: config.state_dir().to_path_buf(),
             quarantine_mailbox: trust.quarantine_mailbox.clone(),
             authenticated: trust.require_authentication,
+            envelopes: crate::mailbox::Ingestor::from_config(config, &account.name)
+                .ok()
+                .map(Arc::new),
         }
     }
 }

@@ -15,20 +15,16 @@
 //!
 //! Layer: uses wire, transport, store, trust, config; `daemon` and `cli` use it.
 
+mod core;
 pub mod identity;
 pub mod monitor;
-
-use std::fmt;
-use std::future::Future;
-use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
+pub mod policy;
 
 use serde::{Deserialize, Serialize};
-use tokio::sync::broadcast;
 
-use crate::config::Config;
-use crate::store::Store;
 use crate::wire::asmtp::{ContentPart, Cursor, Envelope, EnvelopeId, Handle, PushFrame};
+
+pub use core::{Ingested, Ingestor, Mailbox};
 
 pub use identity::Directory;
 pub use monitor::{Fact, MonitorFact};
@@ -287,127 +283,4 @@ pub enum MailboxEvent {
     Frame(PushFrame),
     /// A delivery fact for an envelope this mailbox sent.
     Monitor(MonitorFact),
-}
-
-/// One local agent's mailbox. Cheap to share behind an `Arc`; every method takes `&self`.
-pub struct Mailbox {
-    inner: Arc<Inner>,
-}
-
-struct Inner {
-    config: Config,
-    account: String,
-    handle: Handle,
-    directory: Directory,
-    store: Mutex<Store>,
-    events: broadcast::Sender<MailboxEvent>,
-}
-
-impl fmt::Debug for Mailbox {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Mailbox")
-            .field("account", &self.inner.account)
-            .field("handle", &self.inner.handle)
-            .finish_non_exhaustive()
-    }
-}
-
-fn not_built() -> MailboxError {
-    MailboxError::Unavailable("not built yet".to_owned())
-}
-
-impl Mailbox {
-    /// Opens the mailbox of `account` (a config account name): its handle, the local store in
-    /// the state dir. Servers are contacted lazily, on the first call that needs them.
-    pub async fn open(config: &Config, account: &str) -> Result<Mailbox, MailboxError> {
-        let directory = Directory::from_config(config);
-        let handle = directory.handle_of_account(account)?;
-        let path: PathBuf = config.state_dir().join(crate::store::FILE_NAME);
-        let store = tokio::task::spawn_blocking(move || Store::open(&path))
-            .await
-            .map_err(|e| MailboxError::Internal(e.to_string()))??;
-        let (events, _) = broadcast::channel(1024);
-        Ok(Mailbox {
-            inner: Arc::new(Inner {
-                config: config.clone(),
-                account: account.to_owned(),
-                handle,
-                directory,
-                store: Mutex::new(store),
-                events,
-            }),
-        })
-    }
-
-    /// The agent's own handle (`@owner.name`).
-    pub fn handle(&self) -> &Handle {
-        &self.inner.handle
-    }
-
-    /// The config account name.
-    pub fn account(&self) -> &str {
-        &self.inner.account
-    }
-
-    /// The handle <-> address directory this mailbox resolves recipients with.
-    pub fn directory(&self) -> &Directory {
-        &self.inner.directory
-    }
-
-    /// Sends an envelope (module docs). All-or-nothing on reachability; idempotent on the id.
-    pub async fn send(&self, req: SendRequest) -> Result<SendReceipt, MailboxError> {
-        let _ = (req, &self.inner.config);
-        Err(not_built())
-    }
-
-    /// Reads what changed on the server since the last sync, gates and indexes new envelopes,
-    /// and returns their frames (oldest first). Also broadcasts them.
-    pub async fn sync(&self) -> Result<Vec<PushFrame>, MailboxError> {
-        Err(not_built())
-    }
-
-    /// A page of the local index (no server call).
-    pub fn list(&self, q: &ListQuery) -> Result<Page, MailboxError> {
-        let _ = (q, &self.inner.store);
-        Err(not_built())
-    }
-
-    /// Fetches one envelope's body from the server; with `mark_read`, sets `$seen` there and
-    /// the seen flag locally.
-    pub async fn read(
-        &self,
-        id: &EnvelopeId,
-        mark_read: bool,
-    ) -> Result<ReadEnvelope, MailboxError> {
-        let _ = (id, mark_read);
-        Err(not_built())
-    }
-
-    /// Up to [`MAX_GET_MANY`] envelopes with their bodies (not marked read); unknown ids are
-    /// left out.
-    pub async fn get_many(&self, ids: &[EnvelopeId]) -> Result<Vec<ReadEnvelope>, MailboxError> {
-        let _ = ids;
-        Err(not_built())
-    }
-
-    /// Marks envelopes read (server `$seen` and the local flag); returns how many were known.
-    pub async fn mark_read(&self, ids: &[EnvelopeId]) -> Result<usize, MailboxError> {
-        let _ = ids;
-        Err(not_built())
-    }
-
-    /// New frames and monitor facts, as [`Mailbox::sync`] and [`Mailbox::follow`] find them.
-    pub fn subscribe(&self) -> broadcast::Receiver<MailboxEvent> {
-        self.inner.events.subscribe()
-    }
-
-    /// Catches up, then syncs on every push hint (polling without push) and broadcasts, until
-    /// `shutdown` completes. Reconnects through server restarts.
-    pub async fn follow(
-        &self,
-        shutdown: impl Future<Output = ()> + Send,
-    ) -> Result<(), MailboxError> {
-        shutdown.await;
-        Err(not_built())
-    }
 }

@@ -30,6 +30,7 @@
 //! | `kv` | key | small daemon facts (last push kind, last error) |
 //! | `grants` | (account, peer) | per-peer grants from the CLI and pairing: intents, state, expiry, Dispatch-Context rules, require-signature, the peer's key, source |
 //! | `pair_codes` | code_hash | single-use pair codes (SHA-256 only), their account, intents, rules and expiry |
+//! | `mailbox`, `mailbox_sent`, `mailbox_sync` | (account, envelope_id) / account | the agent's mailbox index: push frames with `created_at` and the seen flag; ids sent with their body hash; the mailbox's own JMAP state (migration `V_MAILBOX`) |
 //! | `quarantine` | (account, email_id) | mail the injection scan held back: Message-ID, sender, subject, risk, flags (JSON), state `held`/`released`/`done`/`dropped` (migration 3) |
 //!
 //! # Retention ([`Store::prune`], one transaction)
@@ -56,6 +57,7 @@
 mod audit;
 mod error;
 mod grants;
+mod mailbox;
 mod outbox;
 mod processed;
 mod quarantine;
@@ -77,6 +79,7 @@ use rusqlite::{Connection, OptionalExtension, Row, params};
 pub use audit::{AuditEntry, AuditRecord};
 pub use error::StoreError;
 pub use grants::{GrantRecord, GrantSource, PairCode, PairCodeRefusal, state_name};
+pub use mailbox::{IndexedFrame, SentRecord};
 pub use outbox::{OutboxItem, OutboxStatus, OutgoingMessage};
 pub use quarantine::{QuarantineState, Quarantined};
 pub use tasks::{NewTask, Role, StoredResult, Task, TaskFilter, TaskOrder, TaskState};

@@ -170,8 +170,43 @@ CREATE TABLE IF NOT EXISTS quarantine (
 CREATE INDEX IF NOT EXISTS quarantine_by_state ON quarantine (account, state);
 "#;
 
+/// The agent's mailbox (ASMTP, `crate::mailbox`): the index of admitted envelopes (push frame
+/// JSON, the JMAP email id, `created_at` stamped at ingest and strictly increasing per account,
+/// the seen flag), the ids this account sent with the hash of their body (idempotency), and
+/// the mailbox's own JMAP sync state (apart from the daemon's `jmap_state`).
+const V_MAILBOX: &str = r#"
+CREATE TABLE IF NOT EXISTS mailbox (
+    account      TEXT NOT NULL,
+    envelope_id  TEXT NOT NULL,
+    email_id     TEXT NOT NULL,
+    from_handle  TEXT NOT NULL,
+    frame        TEXT NOT NULL,
+    created_at   INTEGER NOT NULL,
+    seen         INTEGER NOT NULL DEFAULT 0,
+    PRIMARY KEY (account, envelope_id)
+) WITHOUT ROWID;
+CREATE UNIQUE INDEX IF NOT EXISTS mailbox_cursor ON mailbox (account, created_at, envelope_id);
+CREATE INDEX IF NOT EXISTS mailbox_by_email ON mailbox (account, email_id);
+CREATE INDEX IF NOT EXISTS mailbox_by_envelope ON mailbox (envelope_id);
+CREATE TABLE IF NOT EXISTS mailbox_sent (
+    account      TEXT NOT NULL,
+    envelope_id  TEXT NOT NULL,
+    body_hash    TEXT NOT NULL,
+    message_id   TEXT NOT NULL,
+    recipients   TEXT NOT NULL,
+    created_at   INTEGER NOT NULL,
+    PRIMARY KEY (account, envelope_id)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS mailbox_sent_by_envelope ON mailbox_sent (envelope_id);
+CREATE TABLE IF NOT EXISTS mailbox_sync (
+    account     TEXT PRIMARY KEY NOT NULL,
+    state       TEXT NOT NULL,
+    updated_at  INTEGER NOT NULL
+) WITHOUT ROWID;
+"#;
+
 /// Every migration, in order: entry `i` takes a file from version `i` to `i + 1`.
-pub(super) const MIGRATIONS: &[&str] = &[V1, V_GRANTS, V_QUARANTINE];
+pub(super) const MIGRATIONS: &[&str] = &[V1, V_GRANTS, V_QUARANTINE, V_MAILBOX];
 
 /// The schema version this build writes.
 pub(super) const SCHEMA_VERSION: usize = MIGRATIONS.len();

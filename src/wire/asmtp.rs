@@ -734,7 +734,18 @@ impl Envelope {
     /// When the envelope answers another one but lists no references, References holds the
     /// answered id, so that mail clients thread it.
     pub fn to_outbound(&self, agent_domain: &str, date: DateTime<Utc>) -> Outbound {
-        let mailbox = |h: &Handle| Mailbox::new(h.to_address(agent_domain));
+        self.to_outbound_mapped(agent_domain, date, &|h: &Handle| h.to_address(agent_domain))
+    }
+
+    /// As [`Envelope::to_outbound`], with the handles' addresses from `address_of` (a
+    /// directory for accounts whose address is not `owner.name@agent-domain`).
+    pub fn to_outbound_mapped(
+        &self,
+        agent_domain: &str,
+        date: DateTime<Utc>,
+        address_of: &dyn Fn(&Handle) -> String,
+    ) -> Outbound {
+        let mailbox = |h: &Handle| Mailbox::new(address_of(h));
         let mut references: Vec<String> = self
             .references
             .iter()
@@ -775,7 +786,16 @@ impl Envelope {
     /// JSON part the envelope is rebuilt from the headers and the text body (one text part).
     /// A headers-only [`Inbound`] gives [`AsmtpError::MissingBody`]: use [`PushFrame`].
     pub fn from_inbound(msg: &Inbound) -> Result<Option<Envelope>, AsmtpError> {
-        let Some(common) = Common::read(msg)? else {
+        Envelope::from_inbound_mapped(msg, &Handle::from_address)
+    }
+
+    /// As [`Envelope::from_inbound`], with addresses read as handles by `handle_of` (a
+    /// directory) instead of by their `owner.name` local part.
+    pub fn from_inbound_mapped(
+        msg: &Inbound,
+        handle_of: &dyn Fn(&str) -> Option<Handle>,
+    ) -> Result<Option<Envelope>, AsmtpError> {
+        let Some(common) = Common::read(msg, handle_of)? else {
             return Ok(None);
         };
         let body = msg.body.as_ref().ok_or(AsmtpError::MissingBody)?;
@@ -890,7 +910,10 @@ struct Common {
 }
 
 impl Common {
-    fn read(msg: &Inbound) -> Result<Option<Common>, AsmtpError> {
+    fn read(
+        msg: &Inbound,
+        handle_of: &dyn Fn(&str) -> Option<Handle>,
+    ) -> Result<Option<Common>, AsmtpError> {
         let h = &msg.headers;
         let Some(raw_id) = single(h, header::ID)? else {
             return Ok(None);
@@ -913,7 +936,7 @@ impl Common {
             .first()
             .map(|m| m.email.as_str())
             .unwrap_or_default();
-        if Handle::from_address(mail_from).as_ref() != Some(&from) {
+        if handle_of(mail_from).as_ref() != Some(&from) {
             return Err(AsmtpError::Mismatch {
                 what: "X-ASMTP-From and the mail From",
                 left: from.to_string(),
@@ -926,7 +949,7 @@ impl Common {
                 // NOTE: a relay may drop X- headers; the mapped addresses say the same.
                 None => Ok(mailboxes
                     .iter()
-                    .filter_map(|m| Handle::from_address(&m.email))
+                    .filter_map(|m| handle_of(&m.email))
                     .collect()),
             }
         };
@@ -986,7 +1009,16 @@ impl PushFrame {
         msg: &Inbound,
         created_at_ms: i64,
     ) -> Result<Option<PushFrame>, AsmtpError> {
-        let Some(common) = Common::read(msg)? else {
+        PushFrame::from_inbound_mapped(msg, created_at_ms, &Handle::from_address)
+    }
+
+    /// As [`PushFrame::from_inbound`], with addresses read as handles by `handle_of`.
+    pub fn from_inbound_mapped(
+        msg: &Inbound,
+        created_at_ms: i64,
+        handle_of: &dyn Fn(&str) -> Option<Handle>,
+    ) -> Result<Option<PushFrame>, AsmtpError> {
+        let Some(common) = Common::read(msg, handle_of)? else {
             return Ok(None);
         };
         let h = &msg.headers;
