@@ -16,6 +16,7 @@ pub mod config;
 pub mod dispatch;
 pub mod doctor;
 pub mod grants;
+pub mod inbox;
 pub mod keys;
 pub mod listen;
 pub mod mcp;
@@ -23,10 +24,14 @@ pub mod output;
 pub mod pair;
 pub mod parse;
 pub mod quarantine;
+pub mod read;
 pub mod render;
+pub mod reply;
 pub mod run;
+pub mod send;
 pub mod task;
 pub mod tasks;
+pub mod watch;
 
 /// Process exit codes (documented in the README).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -311,6 +316,16 @@ pub enum Command {
     /// List, release or drop the mail the injection scan held in quarantine.
     #[command(subcommand)]
     Quarantine(quarantine::QuarantineCommand),
+    /// Send an ASMTP envelope from the account's handle.
+    Send(Box<send::SendCommand>),
+    /// List new push frames (headers only) since the persisted cursor.
+    Inbox(inbox::InboxCommand),
+    /// Read one envelope's body and mark it read.
+    Read(read::ReadCommand),
+    /// Answer an envelope (to its sender, cc kept, threaded).
+    Reply(Box<reply::ReplyCommand>),
+    /// Catch up from the cursor, then stream live push frames (JSON Lines with --json).
+    Watch(watch::WatchCommand),
 }
 
 impl Cli {
@@ -351,6 +366,11 @@ impl Cli {
             Command::Quarantine(c) => {
                 c.execute(self.global.config, &crate::config::Env::from_process())
             }
+            Command::Send(c) => c.execute(self.global.config, &crate::config::Env::from_process()),
+            Command::Inbox(c) => c.execute(self.global.config, &crate::config::Env::from_process()),
+            Command::Read(c) => c.execute(self.global.config, &crate::config::Env::from_process()),
+            Command::Reply(c) => c.execute(self.global.config, &crate::config::Env::from_process()),
+            Command::Watch(c) => c.execute(self.global.config, &crate::config::Env::from_process()),
         }
     }
 }

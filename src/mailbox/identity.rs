@@ -25,14 +25,24 @@ impl Directory {
     pub fn from_config(config: &Config) -> Directory {
         let mut accounts = BTreeMap::new();
         for account in config.accounts() {
-            if let Some(handle) = Handle::from_address(&account.email) {
-                accounts.insert(account.name.clone(), (handle, account.email.to_lowercase()));
+            let handle = match &account.handle {
+                Some(h) => Handle::parse(h).ok(),
+                None => Handle::from_address(&account.email),
+            };
+            if let Some(handle) = handle {
+                accounts.insert(
+                    account.name.clone(),
+                    (handle, account.email.trim().to_lowercase()),
+                );
             }
         }
-        Directory {
-            accounts,
-            entries: BTreeMap::new(),
-        }
+        let entries = config
+            .asmtp()
+            .directory
+            .iter()
+            .filter_map(|(h, a)| Handle::parse(h).ok().map(|h| (h, a.clone())))
+            .collect();
+        Directory { accounts, entries }
     }
 
     /// The handle of a config account.
@@ -78,5 +88,68 @@ impl Directory {
             return Some(h.clone());
         }
         Handle::from_address(&address)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{Env, Mode};
+
+    const CONFIG: &str = r#"
+state-dir = "/tmp/x"
+[accounts.a]
+default = true
+email = "dispatcher@example.test"
+handle = "@T.Dispatcher"
+password = { raw = "p" }
+smtp = { host = "127.0.0.1", port = 5587, tls = "plaintext", allow-plaintext = true }
+jmap = { session-url = "http://127.0.0.1:8080/.well-known/jmap" }
+[accounts.b]
+email = "acme.planner@agents.test"
+password = { raw = "p" }
+smtp = { host = "127.0.0.1", port = 5587, tls = "plaintext", allow-plaintext = true }
+jmap = { session-url = "http://127.0.0.1:8080/.well-known/jmap" }
+[accounts.c]
+email = "nodot@example.test"
+password = { raw = "p" }
+smtp = { host = "127.0.0.1", port = 5587, tls = "plaintext", allow-plaintext = true }
+jmap = { session-url = "http://127.0.0.1:8080/.well-known/jmap" }
+[asmtp.directory]
+"@x.peer" = "Peer@Remote.test"
+"#;
+
+    #[test]
+    fn handles_from_config_directory_and_addresses() {
+        let config =
+            Config::from_toml_str_with_env(CONFIG, Mode::Strict, &Env::with_home("/tmp")).unwrap();
+        assert_eq!(
+            config.account("a").unwrap().handle.as_deref(),
+            Some("@t.dispatcher"),
+            "{:?}",
+            config.warnings()
+        );
+        let d = Directory::from_config(&config);
+        let h = |s: &str| Handle::parse(s).unwrap();
+        assert_eq!(d.handle_of_account("a").unwrap(), h("@t.dispatcher"));
+        assert_eq!(d.handle_of_account("b").unwrap(), h("@acme.planner"));
+        assert!(matches!(
+            d.handle_of_account("c"),
+            Err(MailboxError::Invalid(_))
+        ));
+        assert_eq!(d.account_of_handle(&h("@t.dispatcher")), Some("a"));
+        assert_eq!(
+            d.address_of(&h("@t.dispatcher"), "x.test"),
+            "dispatcher@example.test"
+        );
+        assert_eq!(d.address_of(&h("@x.peer"), "x.test"), "peer@remote.test");
+        assert_eq!(d.address_of(&h("@o.n"), "x.test"), "o.n@x.test");
+        assert_eq!(
+            d.handle_of_address("DISPATCHER@example.test"),
+            Some(h("@t.dispatcher"))
+        );
+        assert_eq!(d.handle_of_address("peer@remote.test"), Some(h("@x.peer")));
+        assert_eq!(d.handle_of_address("o.n@y.test"), Some(h("@o.n")));
+        assert_eq!(d.handle_of_address("nodot@example.test"), None);
     }
 }
