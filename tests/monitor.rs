@@ -128,10 +128,14 @@ jmap = {{ session-url = "{session}", poll-interval = "{poll}" }}
 [worker]
 account = "dispatcher"
 agent = "echo"
-allowed-senders = ["*@{domain}", "*@{BOUNCE_DOMAIN}"]
+allowed-senders = ["human@{domain}", "nobody@{BOUNCE_DOMAIN}"]
 
 [trust]
 require-authentication = false
+
+[asmtp.directory]
+"@acme.human" = "human@{domain}"
+"@bounce.nobody" = "nobody@{BOUNCE_DOMAIN}"
 "#,
         dir = dir.display(),
         domain = server.domain,
@@ -190,7 +194,7 @@ async fn monitor_facts_on_real_servers() {
         let monitor_name = format!("mon_{}", token.replace('-', "_"));
         let me = format!("dispatcher@{}", server.domain);
         let human = format!("human@{}", server.domain);
-        let bounce = format!("nobody-{token}@{BOUNCE_DOMAIN}");
+        let bounce = format!("nobody@{BOUNCE_DOMAIN}");
         let mut to = vec![me.clone(), human.clone()];
         if has_bounce_domain(&server) {
             to.push(bounce.clone());
@@ -205,6 +209,9 @@ async fn monitor_facts_on_real_servers() {
         let receipt = {
             // The sender sends, then goes offline (its mailbox is dropped).
             let mailbox = Mailbox::open(&config, "dispatcher").await.unwrap();
+            // NOTE: a sender that has synced before: its next sync reads Email/changes (a
+            // first sync back-fills a bounded window, which a busy test Inbox overflows).
+            mailbox.sync().await.unwrap();
             mailbox
                 .send(SendRequest {
                     to: to.clone(),
@@ -232,9 +239,9 @@ async fn monitor_facts_on_real_servers() {
                 .collect::<Vec<_>>()
         };
         assert_eq!(fact_of("@acme.dispatcher"), vec![Fact::Stored], "{label}: {facts:?}");
-        assert_eq!(fact_of(&human), vec![Fact::Stored], "{label}: {facts:?}");
+        assert_eq!(fact_of("@acme.human"), vec![Fact::Stored], "{label}: {facts:?}");
         if has_bounce_domain(&server) {
-            assert_eq!(fact_of(&bounce), vec![Fact::Bounced], "{label}: {facts:?}");
+            assert_eq!(fact_of("@bounce.nobody"), vec![Fact::Bounced], "{label}: {facts:?}");
         }
         assert_eq!(facts.len(), expected, "{label}: {facts:?}");
         for f in &facts {
@@ -260,3 +267,4 @@ async fn monitor_facts_on_real_servers() {
     })
     .await;
 }
+
