@@ -31,36 +31,105 @@ use support::daemon::on_every_server;
 const BOUNCE_DOMAIN: &str = "bounce.test";
 
 fn fixture(name: &str) -> Vec<u8> {
-    std::fs::read(Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/dsn").join(name))
-        .unwrap_or_else(|e| panic!("fixture {name}: {e}"))
+    std::fs::read(
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("fixtures/dsn")
+            .join(name),
+    )
+    .unwrap_or_else(|e| panic!("fixture {name}: {e}"))
 }
 
+/// One captured report and what it says.
+struct Case {
+    file: &'static str,
+    envelope_id: &'static str,
+    monitor: &'static str,
+    /// (recipient, action, status, fact)
+    recipients: &'static [(&'static str, Action, &'static str, Fact)],
+}
+
+const STALWART_ENVELOPE: &str = "01M80KCC6S9QZS5YNN65MY1V95";
+const POSTFIX_ENVELOPE: &str = "01M80KCDBF9Y4A1VNZJFAC76M5";
+
+const CASES: &[Case] = &[
+    Case {
+        file: "stalwart-delivered.eml",
+        envelope_id: STALWART_ENVELOPE,
+        monitor: "mon_tmwr96nbe_11522_1",
+        recipients: &[
+            (
+                "dispatcher@example.test",
+                Action::Delivered,
+                "2.1.5",
+                Fact::Stored,
+            ),
+            (
+                "human@example.test",
+                Action::Delivered,
+                "2.1.5",
+                Fact::Stored,
+            ),
+        ],
+    },
+    Case {
+        file: "stalwart-failed.eml",
+        envelope_id: STALWART_ENVELOPE,
+        monitor: "mon_tmwr96nbe_11522_1",
+        recipients: &[("nobody@bounce.test", Action::Failed, "5.1.2", Fact::Bounced)],
+    },
+    Case {
+        file: "postfix-relayed.eml",
+        envelope_id: POSTFIX_ENVELOPE,
+        monitor: "mon_tmwr96nbd_11522_0",
+        recipients: &[
+            (
+                "dispatcher@example.test",
+                Action::Relayed,
+                "2.1.5",
+                Fact::Stored,
+            ),
+            ("human@example.test", Action::Relayed, "2.1.5", Fact::Stored),
+        ],
+    },
+    Case {
+        file: "postfix-failed.eml",
+        envelope_id: POSTFIX_ENVELOPE,
+        monitor: "mon_tmwr96nbd_11522_0",
+        recipients: &[("nobody@bounce.test", Action::Failed, "5.7.1", Fact::Bounced)],
+    },
+];
+
+/// The reports captured from Stalwart and Postfix (`fixtures/dsn/`, from the run of
+/// `monitor_facts_on_real_servers` that first passed), with LF and CRLF line ends.
 #[test]
 fn dsn_fixtures() {
     let mut ran = 0;
-    // (file, envelope id, [(recipient, action, status)], returned monitor)
-    let cases: &[(&str, &str, &[(&str, Action, &str)], Option<&str>)] = &[
-        (
-            "stalwart-delivered.eml",
-            "01KAMQ2B2Z0000000000000000",
-            &[("human@example.test", Action::Delivered, "2.1.5")],
-            Some("mon_fixture"),
-        ),
-        (
-            "postfix-relayed.eml",
-            "01KAMQ2B2Z0000000000000001",
-            &[("human@example.test", Action::Relayed, "2.1.5")],
-            Some("mon_fixture"),
-        ),
-    ];
-    for (file, envid, recipients, monitor) in cases {
-        let raw = fixture(file);
-        for raw in [raw.clone(), crlf(&raw)] {
+    for case in CASES {
+        let file = case.file;
+        let original = fixture(file);
+        for raw in [original.clone(), crlf(&original)] {
             let report = dsn::parse_report(&raw).unwrap_or_else(|| panic!("{file}: no report"));
-            assert_eq!(report.envelope_id.as_deref(), Some(*envid), "{file}");
-            assert_eq!(report.original_monitor.as_deref(), *monitor, "{file}");
-            assert_eq!(report.original_asmtp_id.as_deref(), Some(*envid), "{file}");
-            let got: Vec<(String, Action, String)> = report
+            assert_eq!(
+                report.envelope_id.as_deref(),
+                Some(case.envelope_id),
+                "{file}"
+            );
+            assert_eq!(
+                report.original_asmtp_id.as_deref(),
+                Some(case.envelope_id),
+                "{file}"
+            );
+            assert_eq!(
+                report.original_monitor.as_deref(),
+                Some(case.monitor),
+                "{file}"
+            );
+            assert_eq!(
+                report.original_from.as_deref(),
+                Some("@acme.dispatcher"),
+                "{file}"
+            );
+            let got: Vec<_> = report
                 .recipients
                 .iter()
                 .map(|r| {
@@ -71,34 +140,90 @@ fn dsn_fixtures() {
                     )
                 })
                 .collect();
-            let want: Vec<(String, Action, String)> = recipients
+            let want: Vec<_> = case
+                .recipients
                 .iter()
-                .map(|(r, a, s)| ((*r).to_owned(), *a, (*s).to_owned()))
+                .map(|(r, a, s, _)| ((*r).to_owned(), *a, (*s).to_owned()))
                 .collect();
             assert_eq!(got, want, "{file}");
-            // Into facts, once.
+            // Into facts, once: a second read records nothing new.
             let store = Store::open_in_memory().unwrap();
             let facts = monitor::ingest_raw(&store, "me", &raw, 1_000).unwrap();
-            assert_eq!(facts.len(), recipients.len(), "{file}: {facts:?}");
-            assert!(facts.iter().all(|f| f.fact == Fact::Stored), "{file}");
-            assert!(monitor::ingest_raw(&store, "me", &raw, 2_000).unwrap().is_empty());
-            assert_eq!(monitor::facts(&store, "me", None).unwrap(), facts);
+            let want: Vec<_> = case
+                .recipients
+                .iter()
+                .map(|(r, _, _, f)| ((*r).to_owned(), *f))
+                .collect();
+            let got: Vec<_> = facts
+                .iter()
+                .map(|f| (f.recipient_handle.clone(), f.fact))
+                .collect();
+            assert_eq!(got, want, "{file}");
+            assert!(
+                facts.iter().all(
+                    |f| f.monitor == case.monitor && f.envelope_id.as_str() == case.envelope_id
+                )
+            );
+            assert!(
+                monitor::ingest_raw(&store, "me", &raw, 2_000)
+                    .unwrap()
+                    .is_empty(),
+                "{file}"
+            );
+            assert_eq!(monitor::facts(&store, "me", None).unwrap(), facts, "{file}");
             ran += 1;
         }
     }
-    // A failure report: bounced; with X.4.7, expired; delayed is no fact.
-    let failed = fixture("postfix-failed.eml");
-    let report = dsn::parse_report(&failed).expect("postfix-failed.eml");
-    assert_eq!(report.recipients[0].action, Action::Failed);
+    assert_eq!(ran, 2 * CASES.len());
+}
+
+/// A report about mail without a monitor (no returned X-ASMTP headers) gives no fact; a
+/// noted send admits only its own recipients; a delayed report is no fact; X.4.7 is expired.
+#[test]
+fn dsn_reports_that_give_no_fact_or_expired() {
     let store = Store::open_in_memory().unwrap();
-    let facts = monitor::ingest_raw(&store, "me", &failed, 5).unwrap();
-    assert_eq!(facts.len(), 1, "{facts:?}");
-    assert_eq!(facts[0].fact, Fact::Bounced);
-    // A report about an envelope that is not ours (no returned X-ASMTP headers) gives nothing.
     let foreign = fixture("stalwart-unmonitored.eml");
     assert!(dsn::parse_report(&foreign).is_some());
-    assert!(monitor::ingest_raw(&store, "me", &foreign, 5).unwrap().is_empty());
-    assert!(ran >= 4);
+    assert!(
+        monitor::ingest_raw(&store, "me", &foreign, 5)
+            .unwrap()
+            .is_empty()
+    );
+
+    // Noted recipients only, named by their handles.
+    let raw = fixture("postfix-relayed.eml");
+    let report = dsn::parse_report(&raw).unwrap();
+    let envelope = taskmail::wire::asmtp::EnvelopeId::parse(POSTFIX_ENVELOPE).unwrap();
+    let json = serde_json::to_string(&[("human@example.test", "@acme.human")]).unwrap();
+    store
+        .monitor_expect("me", envelope.as_str(), "mon_noted", &json, 1)
+        .unwrap();
+    let facts = monitor::ingest_report(&store, "me", &report, None, None, 7).unwrap();
+    assert_eq!(facts.len(), 1, "{facts:?}");
+    assert_eq!(facts[0].recipient_handle, "@acme.human");
+    assert_eq!(facts[0].monitor, "mon_noted");
+
+    // Delayed: nothing yet; failed with 4.4.7: expired.
+    let text = String::from_utf8_lossy(&fixture("postfix-failed.eml")).into_owned();
+    let delayed = text
+        .replace("Action: failed", "Action: delayed")
+        .replace("Status: 5.7.1", "Status: 4.4.1");
+    let store = Store::open_in_memory().unwrap();
+    assert!(
+        monitor::ingest_raw(&store, "me", delayed.as_bytes(), 5)
+            .unwrap()
+            .is_empty()
+    );
+    let expired = text.replace("Status: 5.7.1", "Status: 4.4.7");
+    let facts = monitor::ingest_raw(&store, "me", expired.as_bytes(), 6).unwrap();
+    assert_eq!(facts.len(), 1);
+    assert_eq!(facts[0].fact, Fact::Expired);
+    // The JSON shape of a fact (ASMTP snake_case, lowercase fact).
+    let value = serde_json::to_value(&facts[0]).unwrap();
+    assert_eq!(value["fact"], "expired");
+    assert_eq!(value["recipient_handle"], "nobody@bounce.test");
+    assert_eq!(value["envelope_id"], POSTFIX_ENVELOPE);
+    assert_eq!(value["at_ms"], 6);
 }
 
 fn crlf(raw: &[u8]) -> Vec<u8> {
@@ -230,7 +355,10 @@ async fn monitor_facts_on_real_servers() {
         })
         .await;
         let elapsed = started.elapsed();
-        eprintln!("{label}: {} facts after {elapsed:?}: {facts:#?}", facts.len());
+        eprintln!(
+            "{label}: {} facts after {elapsed:?}: {facts:#?}",
+            facts.len()
+        );
         let fact_of = |recipient: &str| {
             facts
                 .iter()
@@ -238,17 +366,33 @@ async fn monitor_facts_on_real_servers() {
                 .map(|f| f.fact)
                 .collect::<Vec<_>>()
         };
-        assert_eq!(fact_of("@acme.dispatcher"), vec![Fact::Stored], "{label}: {facts:?}");
-        assert_eq!(fact_of("@acme.human"), vec![Fact::Stored], "{label}: {facts:?}");
+        assert_eq!(
+            fact_of("@acme.dispatcher"),
+            vec![Fact::Stored],
+            "{label}: {facts:?}"
+        );
+        assert_eq!(
+            fact_of("@acme.human"),
+            vec![Fact::Stored],
+            "{label}: {facts:?}"
+        );
         if has_bounce_domain(&server) {
-            assert_eq!(fact_of("@bounce.nobody"), vec![Fact::Bounced], "{label}: {facts:?}");
+            assert_eq!(
+                fact_of("@bounce.nobody"),
+                vec![Fact::Bounced],
+                "{label}: {facts:?}"
+            );
         }
         assert_eq!(facts.len(), expected, "{label}: {facts:?}");
         for f in &facts {
             assert_eq!(f.monitor, monitor_name, "{label}");
             assert_eq!(f.envelope_id, receipt.id, "{label}");
         }
-        assert_eq!(returned.len(), expected, "{label}: new facts are returned once: {returned:?}");
+        assert_eq!(
+            returned.len(),
+            expected,
+            "{label}: new facts are returned once: {returned:?}"
+        );
         // No report became an envelope: the index holds only the envelope sent to ourselves.
         let mailbox = Mailbox::open(&config, "dispatcher").await.unwrap();
         let page = mailbox
@@ -267,4 +411,3 @@ async fn monitor_facts_on_real_servers() {
     })
     .await;
 }
-

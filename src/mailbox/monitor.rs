@@ -381,7 +381,8 @@ pub fn ingest_report(
         let address = status.recipient().to_ascii_lowercase();
         let handle = match &recipients {
             Some(list) => match list.iter().find(|(a, _)| {
-                *a == address || Some(a.as_str()) == status.original_recipient.as_deref()
+                *a == address
+                    || Some(a.as_str()) == status.original_recipient.as_deref()
                     || *a == status.final_recipient
             }) {
                 Some((_, h)) => h.clone(),
@@ -454,7 +455,9 @@ pub fn facts(
 }
 
 fn lock(store: &Mutex<Store>) -> std::sync::MutexGuard<'_, Store> {
-    store.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    store
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 fn now_ms() -> u64 {

@@ -51,7 +51,13 @@ impl Store {
                  ON CONFLICT (account, envelope_id) DO NOTHING",
             )
             .and_then(|mut stmt| {
-                stmt.execute(params![account, envelope_id, monitor, recipients_json, now_ms])
+                stmt.execute(params![
+                    account,
+                    envelope_id,
+                    monitor,
+                    recipients_json,
+                    now_ms
+                ])
             })
             .map(drop)
             .map_err(sql("note a monitored envelope"))
@@ -160,9 +166,10 @@ impl Store {
                  ORDER BY seen_at, email_id LIMIT ?2",
             )
             .and_then(|mut stmt| {
-                stmt.query_map(params![account, i64::try_from(limit).unwrap_or(i64::MAX)], |r| {
-                    r.get(0)
-                })?
+                stmt.query_map(
+                    params![account, i64::try_from(limit).unwrap_or(i64::MAX)],
+                    |r| r.get(0),
+                )?
                 .collect()
             })
             .map_err(sql("list delivery reports to read"))

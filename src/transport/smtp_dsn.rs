@@ -76,9 +76,7 @@ async fn submit_with_dsn(
         .into_iter()
         .chain(envelope.to())
         .any(|a| !a.to_string().is_ascii());
-    if non_ascii
-        && conn.server_info().supports_feature(Extension::SmtpUtfEight)
-    {
+    if non_ascii && conn.server_info().supports_feature(Extension::SmtpUtfEight) {
         mail.push(MailParameter::SmtpUtfEight);
     }
     if !bytes.is_ascii() && conn.server_info().supports_feature(Extension::EightBitMime) {

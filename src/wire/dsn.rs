@@ -36,7 +36,9 @@ impl Action {
     /// The action of an `Action:` value (case-insensitive), if known.
     pub fn parse(value: &str) -> Option<Action> {
         let value = value.trim();
-        let value = value.split(|c: char| c.is_whitespace() || c == '(').next()?;
+        let value = value
+            .split(|c: char| c.is_whitespace() || c == '(')
+            .next()?;
         Some(match value.to_ascii_lowercase().as_str() {
             "delivered" => Action::Delivered,
             "relayed" => Action::Relayed,
@@ -225,9 +227,7 @@ pub fn parse_report(raw: &[u8]) -> Option<DeliveryReport> {
             ("message", "delivery-status" | "global-delivery-status") if report.is_none() => {
                 report = parse_status(part.contents());
             }
-            ("message", "rfc822" | "global") | ("text", "rfc822-headers")
-                if returned.is_none() =>
-            {
+            ("message", "rfc822" | "global") | ("text", "rfc822-headers") if returned.is_none() => {
                 returned = Some(part.contents().to_vec());
             }
             _ => {}
@@ -441,7 +441,10 @@ mod tests {
     #[test]
     fn garbage_is_no_report() {
         assert_eq!(parse_status(b""), None);
-        assert_eq!(parse_status(b"Action: exploded\r\nFinal-Recipient: a@b\r\n"), None);
+        assert_eq!(
+            parse_status(b"Action: exploded\r\nFinal-Recipient: a@b\r\n"),
+            None
+        );
         assert_eq!(parse_status(b"\xff\xfe:\r\n\r\n\t\r\n:::"), None);
         assert_eq!(parse_report(b"Subject: hi\r\n\r\nhello"), None);
         assert_eq!(parse_report(b""), None);
