@@ -297,3 +297,572 @@ async fn round_trip_idempotency_reachability_and_untrusted_sender() {
     })
     .await;
 }
+
+fn env_usize(name: &str, default: usize) -> usize {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+/// Sends `n` envelopes a -> b with subjects `{token} {tag}{i}`; returns their ids.
+async fn send_many(a: &Mailbox, token: &str, tag: &str, n: usize) -> Vec<EnvelopeId> {
+    let mut ids = Vec::new();
+    for i in 0..n {
+        let r = a
+            .send(to(
+                text(&format!("{token} {tag}{i}"), &format!("body {i}")),
+                "@t.worker2",
+            ))
+            .await
+            .unwrap();
+        ids.push(r.id);
+    }
+    ids
+}
+
+/// Syncs until every id is indexed in `mailbox`.
+async fn wait_all(label: &str, mailbox: &Mailbox, ids: &[EnvelopeId]) {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        mailbox.sync().await.unwrap();
+        let missing = mailbox.with_store(|s| {
+            ids.iter()
+                .filter(|id| s.mailbox_get(mailbox.account(), id).unwrap().is_none())
+                .count()
+        });
+        if missing == 0 {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{label}: {missing} of {} envelopes not indexed after {WAIT:?}",
+            ids.len()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Many envelopes, pages of 4, and a reconnect in the middle (the first `Mailbox` dropped, a
+/// new one opened on the same state dir, more envelopes arriving meanwhile): every envelope is
+/// listed exactly once, in strictly increasing cursor order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cursor_paging_has_no_gaps_or_overlaps_across_a_reconnect() {
+    on_every_server(|server| async move {
+        let started = Instant::now();
+        let label = server.label();
+        let n = env_usize("TASKMAIL_MAILBOX_PAGING", 30);
+        let dir = tempfile::tempdir().unwrap();
+        let config = config(&server, dir.path());
+        let a = Mailbox::open(&config, A).await.unwrap();
+        let b1 = Mailbox::open(&config, B).await.unwrap();
+        b1.sync().await.unwrap();
+        let token = support::unique_token();
+        let first = send_many(&a, &token, "p", n / 2).await;
+        wait_all(&label, &b1, &first).await;
+
+        let mut listed: Vec<PushFrame> = Vec::new();
+        let mut after: Option<Cursor> = None;
+        let page = |mb: &Mailbox, after: &Option<Cursor>| {
+            mb.list(&ListQuery {
+                after: after.clone(),
+                limit: 4,
+                ..ListQuery::default()
+            })
+            .unwrap()
+        };
+        for _ in 0..2 {
+            let p = page(&b1, &after);
+            assert_eq!(p.frames.len(), 4);
+            assert_eq!(p.next_cursor, Some(p.frames[3].frame.cursor()));
+            after = p.next_cursor.clone();
+            listed.extend(p.frames.into_iter().map(|f| f.frame));
+        }
+        drop(b1);
+
+        // More envelopes while nobody is connected; a new Mailbox picks up from the cursor.
+        let second = send_many(&a, &token, "q", n - n / 2).await;
+        let b2 = Mailbox::open(&config, B).await.unwrap();
+        wait_all(&label, &b2, &second).await;
+        loop {
+            let p = page(&b2, &after);
+            let full = p.next_cursor.is_some();
+            if let Some(last) = p.frames.last() {
+                after = Some(last.frame.cursor());
+            }
+            listed.extend(p.frames.into_iter().map(|f| f.frame));
+            if !full {
+                break;
+            }
+        }
+        for pair in listed.windows(2) {
+            assert!(pair[1].cursor() > pair[0].cursor(), "{label}: cursor order");
+        }
+        let mine: Vec<&PushFrame> = listed
+            .iter()
+            .filter(|f| f.subject.as_deref().unwrap_or("").contains(&token))
+            .collect();
+        let unique: std::collections::BTreeSet<_> = mine.iter().map(|f| f.id.clone()).collect();
+        assert_eq!(
+            mine.len(),
+            n,
+            "{label}: listed {} of {n} (overlap or gap)",
+            mine.len()
+        );
+        assert_eq!(unique.len(), n, "{label}: an envelope listed twice");
+        let expected: std::collections::BTreeSet<_> =
+            first.iter().chain(&second).cloned().collect();
+        assert_eq!(unique, expected, "{label}: listed ids differ from sent ids");
+        println!(
+            "{label}: paged {n} envelopes across a reconnect in {:?}",
+            started.elapsed()
+        );
+    })
+    .await;
+}
+
+// ---------------------------------------------------------------------------------------------
+// The CLI, black box
+
+/// Writes the test config to `dir/config.toml`.
+fn config_file(server: &Server, dir: &Path) -> std::path::PathBuf {
+    let path = dir.join("config.toml");
+    std::fs::write(&path, config_text(server, dir)).unwrap();
+    path
+}
+
+/// Runs `taskmail -c CONFIG ARGS...`: exit code and stdout.
+async fn taskmail(config: &Path, args: &[&str]) -> (i32, String) {
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_taskmail"));
+    cmd.arg("-c").arg(config).args(args);
+    let out = tokio::task::spawn_blocking(move || cmd.output().unwrap())
+        .await
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned()
+            + &String::from_utf8_lossy(&out.stderr)
+                .lines()
+                .filter(|l| l.starts_with("error"))
+                .collect::<Vec<_>>()
+                .join("\n"),
+    )
+}
+
+/// As [`taskmail`], expecting exit 0 and one JSON document.
+async fn taskmail_json(config: &Path, args: &[&str]) -> serde_json::Value {
+    let (code, out) = taskmail(config, args).await;
+    assert_eq!(code, 0, "taskmail {args:?} exited {code}: {out}");
+    serde_json::from_str(&out).unwrap_or_else(|e| panic!("taskmail {args:?}: {e}: {out}"))
+}
+
+/// `inbox --json` until a frame with `id` shows; returns that frame.
+async fn inbox_until(config: &Path, account: &str, id: &str) -> serde_json::Value {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let got = taskmail_json(config, &["inbox", "--account", account, "--json"]).await;
+        if let Some(f) = got["frames"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|f| f["id"] == id)
+        {
+            return f.clone();
+        }
+        assert!(Instant::now() < deadline, "{id} not in {account}'s inbox");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+}
+
+/// Every verb with `--json`: send (and its idempotency answers and a refusal), inbox (the
+/// cursor moves, `--all` lists again), read (marks read), reply (threaded, back to the sender).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cli_send_inbox_read_reply_json() {
+    on_every_server(|server| async move {
+        let started = Instant::now();
+        let label = server.label();
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = config_file(&server, dir.path());
+        // The first inbox sets b's starting point.
+        taskmail_json(&cfg, &["inbox", "--account", "b", "--json"]).await;
+        taskmail_json(&cfg, &["inbox", "--account", "a", "--json"]).await;
+        let token = support::unique_token();
+        let subject = format!("{token} cli");
+        let file = dir.path().join("notes.txt");
+        std::fs::write(&file, "file content\n").unwrap();
+        let file = file.to_str().unwrap().to_owned();
+        let send_args = |id: Option<&str>, text: &str| {
+            let mut v: Vec<String> = [
+                "send",
+                "--account",
+                "a",
+                "--to",
+                "@t.worker2",
+                "--subject",
+                &subject,
+                "--text",
+                text,
+                "--data",
+                r#"{"x": 1}"#,
+                "--schema",
+                "demo/1",
+                "--file",
+                &file,
+                "--json",
+            ]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+            if let Some(id) = id {
+                v.push("--id".to_owned());
+                v.push(id.to_owned());
+            }
+            v
+        };
+        let args = send_args(None, "hello from the cli");
+        let receipt =
+            taskmail_json(&cfg, &args.iter().map(String::as_str).collect::<Vec<_>>()).await;
+        let id = receipt["id"].as_str().unwrap().to_owned();
+        assert_eq!(receipt["recipients"], json!(["@t.worker2"]), "{label}");
+        assert_eq!(receipt["replayed"], json!(false));
+        assert!(receipt["created_at"].as_u64().unwrap() > 0);
+
+        // The same id and body: replayed. Another body: RETRY_MISMATCH (exit 1, JSON error).
+        let args = send_args(Some(&id), "hello from the cli");
+        let again = taskmail_json(&cfg, &args.iter().map(String::as_str).collect::<Vec<_>>()).await;
+        assert_eq!(again["replayed"], json!(true), "{label}: {again}");
+        let args = send_args(Some(&id), "another body");
+        let (code, out) =
+            taskmail(&cfg, &args.iter().map(String::as_str).collect::<Vec<_>>()).await;
+        assert_eq!(code, 1, "{label}: {out}");
+        assert!(out.contains("RETRY_MISMATCH"), "{label}: {out}");
+        let (code, out) = taskmail(
+            &cfg,
+            &[
+                "send",
+                "--account",
+                "a",
+                "--to",
+                "@t.outsider",
+                "--text",
+                "x",
+                "--json",
+            ],
+        )
+        .await;
+        assert_eq!(code, 1, "{label}: {out}");
+        assert!(out.contains("RECIPIENT_NOT_FOUND"), "{label}: {out}");
+        let (code, out) = taskmail(
+            &cfg,
+            &["send", "--account", "a", "--to", "@t.worker2", "--json"],
+        )
+        .await;
+        assert_eq!(code, 2, "{label}: an empty envelope: {out}");
+
+        // inbox: the frame, headers only; the cursor moves past it.
+        let frame = inbox_until(&cfg, "b", &id).await;
+        assert_eq!(frame["from"], "@t.dispatcher");
+        assert_eq!(frame["subject"], subject.as_str());
+        assert_eq!(frame["type_hint"], "mixed");
+        assert_eq!(frame["seen"], false);
+        for key in ["created_at", "date_ms", "size_hint", "to"] {
+            assert!(
+                frame.get(key).is_some(),
+                "{label}: frame without {key}: {frame}"
+            );
+        }
+        assert!(
+            frame.get("content_parts").is_none(),
+            "{label}: a frame carries no body"
+        );
+        let next = taskmail_json(&cfg, &["inbox", "--account", "b", "--json"]).await;
+        assert!(
+            !next["frames"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|f| f["id"] == id.as_str()),
+            "{label}: the cursor did not move"
+        );
+        let all = taskmail_json(
+            &cfg,
+            &[
+                "inbox",
+                "--account",
+                "b",
+                "--all",
+                "--limit",
+                "1000",
+                "--json",
+            ],
+        )
+        .await;
+        assert!(
+            all["frames"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|f| f["id"] == id.as_str())
+        );
+
+        // read: the body; marked read.
+        let read = taskmail_json(&cfg, &["read", &id, "--account", "b", "--json"]).await;
+        assert_eq!(read["seen"], true);
+        let parts = read["envelope"]["content_parts"].as_array().unwrap();
+        assert_eq!(
+            parts[0],
+            json!({"type": "text", "text": "hello from the cli"})
+        );
+        assert_eq!(
+            parts[1],
+            json!({"type": "data", "data": {"x": 1}, "schema": "demo/1"})
+        );
+        assert_eq!(parts[2]["type"], "file");
+        assert_eq!(parts[2]["name"], "notes.txt");
+        let unread = taskmail_json(
+            &cfg,
+            &[
+                "inbox",
+                "--account",
+                "b",
+                "--all",
+                "--unread",
+                "--limit",
+                "1000",
+                "--json",
+            ],
+        )
+        .await;
+        assert!(
+            !unread["frames"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|f| f["id"] == id.as_str())
+        );
+
+        // reply: to the sender, threaded.
+        let replied = taskmail_json(
+            &cfg,
+            &["reply", &id, "--account", "b", "--text", "back", "--json"],
+        )
+        .await;
+        assert_eq!(replied["recipients"], json!(["@t.dispatcher"]));
+        let back = inbox_until(&cfg, "a", replied["id"].as_str().unwrap()).await;
+        assert_eq!(back["in_reply_to"], id.as_str());
+        assert_eq!(back["subject"], format!("Re: {subject}").as_str());
+        let (code, out) = taskmail(
+            &cfg,
+            &[
+                "read",
+                "01ARZ3NDEKTSV4RRFFQ69G5FAV",
+                "--account",
+                "b",
+                "--json",
+            ],
+        )
+        .await;
+        assert_eq!(code, 1, "{label}: {out}");
+        assert!(out.contains("NOT_FOUND"), "{label}: {out}");
+        println!("{label}: cli verbs in {:?}", started.elapsed());
+    })
+    .await;
+}
+
+/// A running `taskmail watch --json`, its stdout lines collected.
+struct Watch {
+    child: std::process::Child,
+    lines: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+}
+
+impl Watch {
+    fn start(config: &Path, account: &str) -> Watch {
+        use std::io::BufRead as _;
+        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_taskmail"))
+            .arg("-c")
+            .arg(config)
+            .args(["watch", "--account", account, "--json"])
+            .env("TASKMAIL_LOG", "warn")
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let lines = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let sink = std::sync::Arc::clone(&lines);
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(stdout)
+                .lines()
+                .map_while(Result::ok)
+            {
+                sink.lock().unwrap().push(line);
+            }
+        });
+        Watch { child, lines }
+    }
+
+    /// The envelope ids printed so far, in order (repeats kept).
+    fn ids(&self) -> Vec<String> {
+        self.lines
+            .lock()
+            .unwrap()
+            .iter()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .filter_map(|v| v["id"].as_str().map(str::to_owned))
+            .collect()
+    }
+
+    async fn wait_for(&self, label: &str, ids: &[EnvelopeId], timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let got = self.ids();
+            let missing: Vec<_> = ids
+                .iter()
+                .filter(|id| !got.contains(&id.to_string()))
+                .collect();
+            if missing.is_empty() {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{label}: watch did not print {missing:?} within {timeout:?}; printed {got:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    fn stop(mut self) {
+        let _ = std::process::Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        let _ = self.child.wait();
+    }
+}
+
+/// Sends `n` envelopes a -> b, retrying while the server is away.
+async fn send_retrying(a: &Mailbox, token: &str, tag: &str, n: usize) -> Vec<EnvelopeId> {
+    let mut ids = Vec::new();
+    for i in 0..n {
+        let deadline = Instant::now() + Duration::from_secs(90);
+        let mut req = to(
+            text(&format!("{token} {tag}{i}"), &format!("body {i}")),
+            "@t.worker2",
+        );
+        req.id = Some(EnvelopeId::parse(&taskmail::ids::ulid(taskmail::clock::now())).unwrap());
+        loop {
+            match a.send(req.clone()).await {
+                Ok(r) => {
+                    ids.push(r.id);
+                    break;
+                }
+                Err(e) if Instant::now() < deadline => {
+                    eprintln!("send {tag}{i}: {e}; retrying");
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                }
+                Err(e) => panic!("send {tag}{i}: {e}"),
+            }
+        }
+    }
+    ids
+}
+
+fn restart(server: &Server) {
+    let script = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/mailserver/mailserver.sh"
+    );
+    for verb in ["stop", "up"] {
+        let status = std::process::Command::new("bash")
+            .args([script, verb, &server.name])
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .status()
+            .unwrap();
+        assert!(
+            status.success(),
+            "{}: mailserver.sh {verb} failed",
+            server.label()
+        );
+    }
+}
+
+/// `taskmail watch --json` streams live frames, keeps streaming through a server restart
+/// (Stalwart: stopped and started again, which also resets its data) without losing or
+/// repeating an envelope, and a second `watch` catches up from the persisted cursor only.
+/// Cyrus is not restarted (its harness keeps mail across runs; the watch still streams).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn watch_streams_through_a_server_restart_without_loss_or_duplicates() {
+    on_every_server(|server| async move {
+        let started = Instant::now();
+        let label = server.label();
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = config_file(&server, dir.path());
+        let config = config(&server, dir.path());
+        let a = Mailbox::open(&config, A).await.unwrap();
+        // Start b's mailbox (sets its sync point), then watch it.
+        taskmail_json(&cfg, &["inbox", "--account", "b", "--json"]).await;
+        let token = support::unique_token();
+        let watch = Watch::start(&cfg, "b");
+        let before = send_retrying(&a, &token, "w", 3).await;
+        watch.wait_for(&label, &before, WAIT).await;
+
+        let restarted = server.name == "stalwart";
+        let mut restart_time = Duration::ZERO;
+        if restarted {
+            let t = Instant::now();
+            let s = server.clone();
+            tokio::task::spawn_blocking(move || restart(&s))
+                .await
+                .unwrap();
+            restart_time = t.elapsed();
+        }
+        let after = send_retrying(&a, &token, "x", 3).await;
+        watch
+            .wait_for(&label, &after, Duration::from_secs(120))
+            .await;
+        let ids = watch.ids();
+        watch.stop();
+        let mine: Vec<&String> = ids
+            .iter()
+            .filter(|i| {
+                before
+                    .iter()
+                    .chain(&after)
+                    .any(|b| b.as_str() == i.as_str())
+            })
+            .collect();
+        let unique: std::collections::BTreeSet<_> = ids.iter().collect();
+        assert_eq!(
+            unique.len(),
+            ids.len(),
+            "{label}: watch printed an id twice: {ids:?}"
+        );
+        assert_eq!(mine.len(), 6, "{label}: {ids:?}");
+
+        // A new watch goes on from the cursor: only what came since.
+        let later = send_retrying(&a, &token, "y", 2).await;
+        let watch = Watch::start(&cfg, "b");
+        watch.wait_for(&label, &later, WAIT).await;
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let ids = watch.ids();
+        watch.stop();
+        assert!(
+            !ids.iter().any(|i| before
+                .iter()
+                .chain(&after)
+                .any(|b| b.as_str() == i.as_str())),
+            "{label}: the second watch repeated earlier envelopes: {ids:?}"
+        );
+        println!(
+            "{label}: watch across {} in {:?}",
+            if restarted {
+                format!("a restart ({restart_time:?})")
+            } else {
+                "no restart".to_owned()
+            },
+            started.elapsed()
+        );
+    })
+    .await;
+}

@@ -655,7 +655,7 @@ where
         })?;
         let (verdict, detail) = match outcome {
             Ingested::Indexed(frame) => ("ignored:asmtp-indexed", Some(frame.id.to_string())),
-            Ingested::Duplicate => ("ignored:asmtp-duplicate", None),
+            Ingested::Duplicate(_) => ("ignored:asmtp-duplicate", None),
             Ingested::Refused(rule) => ("ignored:asmtp-refused", Some(rule)),
             Ingested::Invalid(why) => ("ignored:asmtp-invalid", Some(why)),
             Ingested::NotAsmtp => ("ignored:asmtp", None),

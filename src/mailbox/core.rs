@@ -57,7 +57,7 @@ pub enum Ingested {
     /// Indexed now, with this frame (`created_at` stamped).
     Indexed(PushFrame),
     /// Already in the index.
-    Duplicate,
+    Duplicate(EnvelopeId),
     /// Refused by the policy (the rule).
     Refused(String),
     /// An ASMTP mail whose headers cannot be used (why).
@@ -120,16 +120,14 @@ impl Ingestor {
                 return Ok(Ingested::Invalid(e.to_string()));
             }
         };
+        // NOTE: deduplicated on the envelope id only: JMAP ids are not stable across a server
+        // that lost its data, envelope ids are.
         if store
-            .mailbox_by_email(&self.account, &fetched.id)
+            .mailbox_get(&self.account, &frame.id)
             .map_err(store_error)?
             .is_some()
-            || store
-                .mailbox_get(&self.account, &frame.id)
-                .map_err(store_error)?
-                .is_some()
         {
-            return Ok(Ingested::Duplicate);
+            return Ok(Ingested::Duplicate(frame.id));
         }
         let rule = match self.policy.admit(store, &fetched.inbound, now) {
             Ok(rule) => rule,
@@ -150,7 +148,7 @@ impl Ingestor {
             .mailbox_insert(&self.account, &frame, &fetched.id, seen, ms(now))
             .map_err(store_error)?
         {
-            None => Ok(Ingested::Duplicate),
+            None => Ok(Ingested::Duplicate(frame.id)),
             Some(created_at) => {
                 self.audit(
                     store,
@@ -266,6 +264,11 @@ impl Mailbox {
     fn build(config: &Config, account: Account, ingestor: Ingestor, store: Store) -> Mailbox {
         let domain = crate::ids::domain_of(&account.email);
         let (events, _) = broadcast::channel(1024);
+        // NOTE: `sync` reports what was indexed after this point, not the whole index.
+        let newest = store
+            .mailbox_page(&account.name, None, 1, false, true)
+            .ok()
+            .and_then(|rows| rows.first().map(|r| r.frame.cursor()));
         Mailbox {
             inner: Arc::new(Inner {
                 account,
@@ -276,7 +279,7 @@ impl Mailbox {
                 events,
                 jmap: OnceCell::new(),
                 smtp: OnceCell::new(),
-                reported: tokio::sync::Mutex::new(None),
+                reported: tokio::sync::Mutex::new(newest),
             }),
         }
     }
@@ -518,7 +521,7 @@ impl Mailbox {
     }
 
     /// Reads what changed on the server since the last sync, gates and indexes new envelopes,
-    /// and returns the frames indexed since this value's previous `sync` (by this process or
+    /// and returns the frames indexed since this value was opened or last synced (by this process or
     /// another one on the same store, such as the daemon), oldest first. Also broadcasts them.
     pub async fn sync(&self) -> Result<Vec<PushFrame>, MailboxError> {
         let mut reported = self.inner.reported.lock().await;
@@ -542,9 +545,6 @@ impl Mailbox {
                 Err(e) => return Err(jmap_error(&e)),
             },
             None => {
-                if reported.is_none() {
-                    *reported = self.newest()?;
-                }
                 let b = self.backfill(&mail, now).await?;
                 (b.ids, b.state)
             }
@@ -556,9 +556,12 @@ impl Mailbox {
             for f in fetched.iter().filter(|f| f.mailbox_ids.contains(&inbox)) {
                 let outcome = self.with_store(|s| -> Result<(), MailboxError> {
                     match self.inner.ingestor.ingest(s, f, now)? {
-                        Ingested::Duplicate => {
+                        Ingested::Duplicate(id) => {
                             // NOTE: an update: keep the seen flag in step with `$seen`.
-                            if let Some(row) = s.mailbox_by_email(self.account(), &f.id)? {
+                            if let Some(row) = s.mailbox_get(self.account(), &id)? {
+                                if row.email_id != f.id {
+                                    s.mailbox_set_email_id(self.account(), &id, &f.id)?;
+                                }
                                 let seen = f.keywords.contains(SEEN);
                                 if row.seen != seen {
                                     s.mailbox_set_seen(self.account(), &row.frame.id, seen)?;
@@ -601,14 +604,6 @@ impl Mailbox {
         mail.query_inbox_since(since, BACKFILL_LIMIT)
             .await
             .map_err(|e| jmap_error(&e))
-    }
-
-    /// The newest cursor in the index.
-    fn newest(&self) -> Result<Option<Cursor>, MailboxError> {
-        let rows = self
-            .with_store(|s| s.mailbox_page(self.account(), None, 1, false, true))
-            .map_err(store_error)?;
-        Ok(rows.first().map(|r| r.frame.cursor()))
     }
 
     /// Every indexed frame after `after`, oldest first.
@@ -725,15 +720,16 @@ impl Mailbox {
             let Some(f) = fetched.iter().find(|f| f.id == row.email_id) else {
                 continue;
             };
-            let envelope = Envelope::from_inbound_mapped(&f.inbound, &|a: &str| {
+            let envelope = match Envelope::from_inbound_mapped(&f.inbound, &|a: &str| {
                 directory.handle_of_address(a)
-            })
-            .map_err(|e| {
-                MailboxError::Internal(format!("cannot read envelope {}: {e}", row.frame.id))
-            })?
-            .ok_or_else(|| {
-                MailboxError::Internal(format!("mail of envelope {} is not ASMTP", row.frame.id))
-            })?;
+            }) {
+                Ok(Some(e)) if e.id == row.frame.id => e,
+                other => {
+                    // NOTE: unreadable, or the server lost the mail and reused its JMAP id.
+                    tracing::warn!(envelope = %row.frame.id, email = %row.email_id, outcome = ?other.map(|e| e.map(|e| e.id)), "the mail of an indexed envelope does not carry it");
+                    continue;
+                }
+            };
             out.push(ReadEnvelope {
                 envelope,
                 seen: row.seen || f.keywords.contains(SEEN),

@@ -210,6 +210,23 @@ impl Store {
             .map_err(sql("mark an envelope read"))
     }
 
+    /// Points an indexed envelope at another JMAP email (the server re-numbered or the mail
+    /// came again); true when the row exists.
+    pub fn mailbox_set_email_id(
+        &self,
+        account: &str,
+        id: &EnvelopeId,
+        email_id: &str,
+    ) -> Result<bool, StoreError> {
+        self.conn
+            .execute(
+                "UPDATE mailbox SET email_id = ?3 WHERE account = ?1 AND envelope_id = ?2",
+                params![account, id.as_str(), email_id],
+            )
+            .map(|n| n > 0)
+            .map_err(sql("update the mailbox index"))
+    }
+
     /// The senders of every indexed row with this envelope id (any account).
     pub fn mailbox_senders_of(&self, id: &EnvelopeId) -> Result<Vec<Handle>, StoreError> {
         let mut stmt = self
