@@ -5,7 +5,8 @@
 //! On every server of the harness, `tests/mcp/client.py` starts the real binary as
 //! `dispatcher@` with a test config, lists the tools, checks two error results, sends a message
 //! to itself and finds it with `check_inbox` (headers only) and `read_message` (the body)
-//! through the real server, replies to it, dispatches a task to an in-process worker daemon
+//! through the real server, replies to it, reads the delivery fact of its monitored send
+//! (`get_delivery_facts`), dispatches a task to an in-process worker daemon
 //! (`support::daemon::Worker`, echo agent) and follows it with `get_task` until its result. This
 //! test asserts on the script's JSON.
 
@@ -73,6 +74,7 @@ state-dir = "{dir}/state"
 
 [accounts.dispatcher]
 email = "dispatcher@{domain}"
+handle = "@acme.dispatcher"
 password = {{ raw = "{password}" }}
 smtp = {{ host = "{host}", port = {port}, tls = "plaintext", allow-plaintext = true, pool-size = 2, timeout = "15s" }}
 jmap = {{ session-url = "{session}", poll-interval = "{poll}" }}
@@ -151,7 +153,7 @@ async fn python_mcp_client_sends_reads_and_dispatches() {
             "account": "dispatcher",
             "token": token,
             "worker": format!("worker@{}", server.domain),
-            "send_to": format!("dispatcher@{}", server.domain),
+            "send_to": "@acme.dispatcher",
             "mailbox": std::env::var("TASKMAIL_MCP_SKIP_MAILBOX").is_err(),
             "env": {
                 "HOME": dir.path(),
@@ -179,6 +181,7 @@ async fn python_mcp_client_sends_reads_and_dispatches() {
             ("reply", vec!["id", "text"]),
             ("dispatch_task", vec!["to", "title"]),
             ("get_task", vec!["task_id"]),
+            ("get_delivery_facts", vec![]),
             ("answer_help", vec!["task_id", "text"]),
         ] {
             assert_eq!(
@@ -235,6 +238,20 @@ async fn python_mcp_client_sends_reads_and_dispatches() {
             );
             let reply = step(&out, "reply");
             assert_eq!(reply["isError"], false, "{label}: reply: {reply}");
+            // The send asked for a monitor: the server's delivery report becomes a fact.
+            let facts = step(&out, "get_delivery_facts");
+            assert_eq!(facts["found"], true, "{label}: get_delivery_facts: {facts}");
+            let fact = &facts["structured"]["facts"][0];
+            assert_eq!(fact["fact"], "stored", "{label}: {fact}");
+            assert_eq!(
+                fact["recipient_handle"], "@acme.dispatcher",
+                "{label}: {fact}"
+            );
+            assert_eq!(fact["envelope_id"], id.as_str(), "{label}: {fact}");
+            assert!(
+                fact["monitor"].as_str().unwrap().starts_with("mon_"),
+                "{label}: {fact}"
+            );
             eprintln!(
                 "{label}: send_message -> check_inbox found it after {}s",
                 inbox["seconds"]

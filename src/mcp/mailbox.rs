@@ -32,7 +32,15 @@ impl McpState {
     /// The account's mailbox, opened on first use.
     async fn mailbox(&self) -> Result<&Mailbox, ToolError> {
         self.mailbox
-            .get_or_try_init(|| Mailbox::open(&self.config, &self.account.name))
+            .get_or_try_init(|| async {
+                let mailbox = Mailbox::open(&self.config, &self.account.name).await?;
+                // NOTE: one sync at once, so that what arrives from now on (the answer to a
+                // send, a delivery report) comes through Email/changes, not a back-fill.
+                if let Err(error) = mailbox.sync().await {
+                    tracing::warn!(error = %error, "cannot sync the mailbox yet");
+                }
+                Ok::<_, MailboxError>(mailbox)
+            })
             .await
             .map_err(ToolError::from)
     }
@@ -127,7 +135,13 @@ pub(super) async fn check_inbox(state: &McpState, args: &Value) -> Result<Value,
     // NOTE: the listing reads the local index; a sync first brings in what the server has.
     // A server that cannot be reached leaves the index as it is and says so.
     let synced = match mailbox.sync().await {
-        Ok(_) => None,
+        Ok(_) => {
+            // Delivery reports seen by the sync become monitor facts (get_delivery_facts).
+            if let Err(error) = crate::mailbox::monitor::resolve(mailbox).await {
+                tracing::warn!(error = %error, "cannot read delivery reports");
+            }
+            None
+        }
         Err(error) => {
             tracing::warn!(error = %error, "cannot sync the mailbox; listing the local index");
             Some(error.to_string())
@@ -202,4 +216,20 @@ pub(super) async fn reply(state: &McpState, args: &Value) -> Result<Value, ToolE
         })
         .await?;
     Ok(receipt_json(&receipt, None))
+}
+
+pub(super) async fn get_delivery_facts(state: &McpState, args: &Value) -> Result<Value, ToolError> {
+    let id = match args.get("envelope_id") {
+        None | Some(Value::Null) => None,
+        Some(_) => Some(envelope_id(args, "envelope_id")?),
+    };
+    let mailbox = state.mailbox().await?;
+    if let Err(error) = mailbox.sync().await {
+        tracing::warn!(error = %error, "cannot sync the mailbox; facts from the local store");
+    } else if let Err(error) = crate::mailbox::monitor::resolve(mailbox).await {
+        tracing::warn!(error = %error, "cannot read delivery reports");
+    }
+    let facts = mailbox
+        .with_store(|s| crate::mailbox::monitor::facts(s, mailbox.account(), id.as_ref()))?;
+    Ok(json!({"facts": facts, "count": facts.len()}))
 }

@@ -7,6 +7,7 @@
 //! | `check_inbox` | lists push frames, headers only | `taskmail inbox` |
 //! | `read_message` | fetches one envelope with its body, marks it read | `taskmail read` |
 //! | `reply` | answers an envelope to its sender | `taskmail reply` |
+//! | `get_delivery_facts` | monitor facts of sent envelopes | (REST/WS) |
 //! | `dispatch_task` | sends an AAMP task.dispatch to a worker address | `taskmail dispatch` |
 //! | `get_task` | the state, thread and result of a dispatched task | `taskmail task show` |
 //! | `answer_help` | answers a task's help request | `taskmail answer` |
@@ -91,6 +92,19 @@ pub fn list() -> Vec<Tool> {
             }),
         ),
         tool(
+            "get_delivery_facts",
+            "Delivery facts (stored, bounced, expired per recipient) of messages sent with \
+             monitor = true, from the delivery reports of the mail server; persisted, so facts \
+             that arrived while nobody was listening are here too.",
+            json!({
+                "type": "object",
+                "properties": {
+                    "envelope_id": {"type": "string", "description": "one message's id (default: every message)"}
+                },
+                "additionalProperties": false
+            }),
+        ),
+        tool(
             "dispatch_task",
             "Send a task (AAMP task.dispatch) to a worker's email address. Returns the task id; \
              follow it with get_task.",
@@ -156,6 +170,7 @@ pub async fn call(state: &McpState, name: &str, args: &Value) -> Option<Result<V
         "check_inbox" => super::mailbox::check_inbox(state, args).await,
         "read_message" => super::mailbox::read_message(state, args).await,
         "reply" => super::mailbox::reply(state, args).await,
+        "get_delivery_facts" => super::mailbox::get_delivery_facts(state, args).await,
         "dispatch_task" => dispatch_task(state, args).await,
         "get_task" => get_task(state, args),
         "answer_help" => answer_help(state, args).await,

@@ -82,6 +82,7 @@ async def main(plan):
                     "to": [plan["send_to"]],
                     "subject": "mcp " + plan["token"],
                     "text": "hello from the MCP client " + plan["token"],
+                    "monitor": True,
                 }))
                 steps["send_message"] = sent
                 envelope_id = (sent["structured"] or {}).get("id")
@@ -98,6 +99,11 @@ async def main(plan):
                             "read_message", {"id": envelope_id}))
                         steps["reply"] = outcome(await session.call_tool(
                             "reply", {"id": envelope_id, "text": "reply " + plan["token"]}))
+                    facts, ok = await poll(session, "get_delivery_facts",
+                                           {"envelope_id": envelope_id},
+                                           lambda s: s.get("count", 0) > 0, 60)
+                    steps["get_delivery_facts"] = facts
+                    steps["get_delivery_facts"]["found"] = ok
 
             t0 = time.monotonic()
             dispatched = outcome(await session.call_tool("dispatch_task", {
