@@ -102,7 +102,7 @@ async fn submit_with_dsn(
     }
     for to in envelope.to() {
         let params = dsn
-            .rcpt_parameters(&to.to_string())
+            .rcpt_parameters(to.as_ref())
             .into_iter()
             .map(|(keyword, value)| RcptParameter::Other {
                 keyword: keyword.to_owned(),
