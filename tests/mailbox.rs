@@ -866,3 +866,204 @@ async fn watch_streams_through_a_server_restart_without_loss_or_duplicates() {
     })
     .await;
 }
+
+// ---------------------------------------------------------------------------------------------
+// Context economy (issue 7 item 5)
+
+/// Deterministic filler text of about `len` bytes (words of a status report).
+fn prose(seed: usize, len: usize) -> String {
+    const WORDS: [&str; 16] = [
+        "the",
+        "build",
+        "failed",
+        "on",
+        "stage",
+        "two",
+        "because",
+        "a",
+        "dependency",
+        "moved",
+        "please",
+        "review",
+        "attached",
+        "summary",
+        "before",
+        "merge",
+    ];
+    let mut out = String::new();
+    let mut i = seed;
+    while out.len() < len {
+        out.push_str(WORDS[i % WORDS.len()]);
+        out.push(if i % 13 == 12 { '.' } else { ' ' });
+        i = i.wrapping_mul(31).wrapping_add(7);
+    }
+    out
+}
+
+/// Push-frame sizes of three typical envelopes, and 84 unread envelopes triaged from their
+/// frames (the `inbox --json` rows) versus reading every body (`read --json` each), measured on
+/// Stalwart. Tokens are estimated as JSON bytes / 4, as ASMTP's size_hint does.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn context_economy_frames_versus_bodies() {
+    on_every_server(|server| async move {
+        if server.name != "stalwart" {
+            println!("{}: context figures are measured on Stalwart only", server.label());
+            return;
+        }
+        let label = server.label();
+        let dir = tempfile::tempdir().unwrap();
+        let config = config(&server, dir.path());
+        let a = Mailbox::open(&config, A).await.unwrap();
+        let b = Mailbox::open(&config, B).await.unwrap();
+        b.sync().await.unwrap();
+        let token = support::unique_token();
+
+        // Three typical envelopes.
+        let short = to(text(&format!("{token} review request"), "Can you review PR 42 before Friday?"), "@t.worker2");
+        let mut with_data = to(text(&format!("{token} nightly report"), "Nightly run finished; numbers attached as data."), "@t.worker2");
+        with_data.content_parts.push(ContentPart::data(
+            json!({"run": 1182, "passed": 412, "failed": 3, "flaky": ["auth_retry", "push_reconnect"], "duration_s": 734}),
+            Some("ci-report/1"),
+        ));
+        let mut with_file = to(text(&format!("{token} contract draft"), "Draft v3 attached, please comment by Monday."), "@t.worker2");
+        with_file.files.push(taskmail::mailbox::InlineFile {
+            name: "draft-v3.txt".to_owned(),
+            mime_type: "text/plain".to_owned(),
+            bytes: prose(1, 20_000).into_bytes(),
+        });
+        let mut typical = Vec::new();
+        for (name, req) in [("short text", short), ("text + data", with_data), ("text + file (20 kB inline)", with_file)] {
+            let id = a.send(req).await.unwrap().id;
+            typical.push((name, id));
+        }
+        let ids: Vec<EnvelopeId> = typical.iter().map(|(_, id)| id.clone()).collect();
+        wait_all(&label, &b, &ids).await;
+        println!("{label}: push frame sizes (compact JSON, tokens ~ bytes/4):");
+        for (name, id) in &typical {
+            let frame = b.with_store(|s| s.mailbox_get(B, id).unwrap().unwrap().frame);
+            let bytes = frame.to_json().len();
+            let body = b.get_many(std::slice::from_ref(id)).await.unwrap();
+            let body_bytes = serde_json::to_string(&body[0].envelope).unwrap().len();
+            println!(
+                "  {name:<28} frame {bytes:>4} B ~{:>3} tok   body JSON {body_bytes:>6} B ~{:>5} tok   size_hint {}",
+                bytes.div_ceil(4),
+                body_bytes.div_ceil(4),
+                frame.size_hint
+            );
+            assert!(bytes < 400, "{label}: a frame of {bytes} bytes");
+        }
+
+        // 84 unread envelopes of mixed length.
+        let n = 84;
+        let mut sent = Vec::new();
+        for i in 0..n {
+            let len = [300, 1200, 2500, 4000, 6500][i % 5];
+            let mut req = to(text(&format!("{token} triage {i}"), &prose(i, len)), "@t.worker2");
+            if i % 4 == 0 {
+                let severity = ["low", "high"][i % 2];
+                req.content_parts.push(ContentPart::data(
+                    json!({"ticket": 1000 + i, "severity": severity, "owner": "ops"}),
+                    Some("ticket/1"),
+                ));
+            }
+            sent.push(a.send(req).await.unwrap().id);
+        }
+        wait_all(&label, &b, &sent).await;
+        let rows: Vec<_> = all_with(&b, &format!("{token} triage"))
+            .into_iter()
+            .map(|frame| taskmail::mailbox::ListedFrame { frame, seen: false })
+            .collect();
+        assert_eq!(rows.len(), n);
+        let inbox_bytes = serde_json::to_string(&json!({"frames": rows})).unwrap().len();
+        let t = Instant::now();
+        let mut read_bytes = 0;
+        for chunk in sent.chunks(100) {
+            for got in b.get_many(chunk).await.unwrap() {
+                read_bytes += serde_json::to_string(&got).unwrap().len();
+            }
+        }
+        let fetch = t.elapsed();
+        println!(
+            "{label}: {n} unread envelopes: triage headers-only {inbox_bytes} B ~{} tok ({} B/frame); reading every body {read_bytes} B ~{} tok ({:.1}x; bodies fetched in {fetch:?})",
+            inbox_bytes.div_ceil(4),
+            inbox_bytes / n,
+            read_bytes.div_ceil(4),
+            read_bytes as f64 / inbox_bytes as f64
+        );
+        assert!(read_bytes > 5 * inbox_bytes, "{label}: bodies {read_bytes} vs frames {inbox_bytes}");
+    })
+    .await;
+}
+
+/// The worker daemon (`taskmail run`) indexes the envelopes it sees into the mailbox (its
+/// ASMTP arm), so a `Mailbox` on the same state dir lists them without syncing itself; an
+/// untrusted sender's envelope is not indexed there either.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn daemon_indexes_envelopes_into_the_mailbox() {
+    on_every_server(|server| async move {
+        let started = Instant::now();
+        let label = server.label();
+        // The senders use their own state dir: a daemon takes any Message-ID in its own
+        // store's outbox for its own mail.
+        let senders_dir = tempfile::tempdir().unwrap();
+        let senders = config(&server, senders_dir.path());
+        let dir = tempfile::tempdir().unwrap();
+        let text = config_text(&server, dir.path())
+            .replace("[accounts.b]", "[accounts.worker]")
+            .replace("account = \"b\"", "account = \"worker\"");
+        let daemon_config =
+            Config::from_toml_str_with_env(&text, Mode::Strict, &Env::with_home(dir.path()))
+                .unwrap();
+        let worker = support::daemon::Worker::start_with_config(
+            &server,
+            dir.path(),
+            "echo",
+            daemon_config.clone(),
+        )
+        .await;
+        let b = Mailbox::open(&daemon_config, "worker").await.unwrap();
+        let a = Mailbox::open(&senders, A).await.unwrap();
+        let o = Mailbox::open(&senders, O).await.unwrap();
+        let token = support::unique_token();
+        let refused = o
+            .send(to(
+                text_req(&format!("{token} from outsider")),
+                "@t.worker2",
+            ))
+            .await
+            .unwrap()
+            .id;
+        let id = a
+            .send(to(text_req(&format!("{token} via daemon")), "@t.worker2"))
+            .await
+            .unwrap()
+            .id;
+        support::eventually(&format!("{label}: the daemon indexed {id}"), WAIT, || {
+            let found = b.with_store(|s| s.mailbox_get("worker", &id).unwrap());
+            async move { found }
+        })
+        .await;
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        assert!(
+            b.with_store(|s| s.mailbox_get("worker", &refused).unwrap())
+                .is_none()
+        );
+        let page = b
+            .list(&ListQuery {
+                limit: 1000,
+                ..ListQuery::default()
+            })
+            .unwrap();
+        assert!(page.frames.iter().any(|f| f.frame.id == id));
+        worker.stop().await;
+        println!(
+            "{label}: daemon indexed an envelope in {:?}",
+            started.elapsed()
+        );
+    })
+    .await;
+}
+
+fn text_req(subject: &str) -> SendRequest {
+    text(subject, "through the daemon")
+}

@@ -246,7 +246,7 @@ pub(crate) async fn open(config: &Config, account: Option<&str>) -> Result<Mailb
 pub(crate) fn failure(e: MailboxError) -> Failure {
     let hint = match &e {
         MailboxError::Unreachable(_) => Some(
-            "a recipient must be admitted by this account: `taskmail grants allow ADDRESS --account NAME`, or [worker] allowed-senders",
+            "a recipient must have a handle (owner.name@domain, an account handle, or an [asmtp.directory] entry) and be admitted by this account: `taskmail grants allow ADDRESS --account NAME`, or [worker] allowed-senders",
         ),
         MailboxError::RetryMismatch => {
             Some("send a new id (leave out --id), or repeat the first body exactly")

@@ -767,6 +767,20 @@ where
                 self.envelope(&fetched)?;
                 return Ok(None);
             }
+            // NOTE: classify() reads handles from `owner.name` addresses only; an envelope
+            // whose handle the directory maps (`[asmtp.directory]`, an account `handle`) is
+            // checked by the mailbox's own, mapped reading.
+            Classified::Invalid(_)
+                if self.settings.envelopes.is_some()
+                    && fetched
+                        .inbound
+                        .headers
+                        .get(crate::wire::asmtp::header::ID)
+                        .is_some() =>
+            {
+                self.envelope(&fetched)?;
+                return Ok(None);
+            }
             Classified::Invalid(reason) => {
                 tracing::warn!(reason = %reason, "invalid AAMP mail; ignored");
                 self.ignore(&fetched, "ignored:invalid", Some(reason.clone()))?;

@@ -492,6 +492,7 @@ impl Mailbox {
                     body_hash: hash,
                     message_id: message_id.clone(),
                     recipients: recipients.clone(),
+                    monitor: envelope.monitor.clone(),
                     created_at: ms(now),
                 };
                 self.with_store(|s| {

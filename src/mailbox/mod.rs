@@ -19,6 +19,8 @@ mod core;
 pub mod identity;
 pub mod monitor;
 pub mod policy;
+#[cfg(test)]
+mod tests;
 
 use serde::{Deserialize, Serialize};
 

@@ -35,6 +35,8 @@ pub struct SentRecord {
     pub message_id: String,
     /// The recipients (to, then cc).
     pub recipients: Vec<Handle>,
+    /// The envelope's `monitor`, when it asked for delivery facts.
+    pub monitor: Option<String>,
     /// When it was first accepted (ms).
     pub created_at: i64,
 }
@@ -68,6 +70,7 @@ fn sent(row: &Row<'_>) -> rusqlite::Result<SentRecord> {
         message_id: row.get(3)?,
         recipients: decode(4, &recipients)?,
         created_at: row.get(5)?,
+        monitor: row.get(6)?,
     })
 }
 
@@ -257,7 +260,7 @@ impl Store {
         let mut stmt = self
             .conn
             .prepare_cached(
-                "SELECT account, envelope_id, body_hash, message_id, recipients, created_at
+                "SELECT account, envelope_id, body_hash, message_id, recipients, created_at, monitor
                  FROM mailbox_sent WHERE envelope_id = ?1",
             )
             .map_err(sql("read the sent envelopes"))?;
@@ -277,8 +280,8 @@ impl Store {
             })?;
         self.conn
             .execute(
-                "INSERT INTO mailbox_sent (account, envelope_id, body_hash, message_id, recipients, created_at)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+                "INSERT INTO mailbox_sent (account, envelope_id, body_hash, message_id, recipients, created_at, monitor)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
                  ON CONFLICT (account, envelope_id) DO NOTHING",
                 params![
                     record.account,
@@ -286,7 +289,8 @@ impl Store {
                     record.body_hash,
                     record.message_id,
                     recipients,
-                    record.created_at
+                    record.created_at,
+                    record.monitor
                 ],
             )
             .map(|n| n == 1)

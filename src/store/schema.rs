@@ -194,6 +194,7 @@ CREATE TABLE IF NOT EXISTS mailbox_sent (
     body_hash    TEXT NOT NULL,
     message_id   TEXT NOT NULL,
     recipients   TEXT NOT NULL,
+    monitor      TEXT,
     created_at   INTEGER NOT NULL,
     PRIMARY KEY (account, envelope_id)
 ) WITHOUT ROWID;
