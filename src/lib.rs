@@ -13,6 +13,7 @@
 //! trust       sender policy, authentication verdicts, untrusted-content wrapping
 //! daemon      the worker and dispatcher pipelines
 //! cli         one file per verb; prints tables on a TTY and JSON with --json
+//! mcp         `taskmail mcp`: the mailbox and task verbs as MCP tools on stdio (cli's layer)
 //! ```
 //!
 //! # Data flow
@@ -33,6 +34,7 @@ pub mod config;
 pub mod daemon;
 pub mod ids;
 pub mod mailbox;
+pub mod mcp;
 pub mod profile;
 pub mod serve;
 pub mod store;

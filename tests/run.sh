@@ -5,9 +5,10 @@
 #
 # 1. installs what is missing and starts Stalwart and Cyrus+Postfix on 127.0.0.1
 #    (tests/mailserver/mailserver.sh up all; the first run builds Stalwart, ~6-15 minutes),
-# 2. runs TASKMAIL_REQUIRE_SERVERS=1 cargo test --all-targets --no-fail-fast "$@" (a missing
+# 2. makes target/mcp-venv (the Python MCP SDK, for tests/mcp.rs) if missing,
+# 3. runs TASKMAIL_REQUIRE_SERVERS=1 cargo test --all-targets --no-fail-fast "$@" (a missing
 #    server fails the tests),
-# 3. stops the servers this run started (servers that were already up are left running),
+# 4. stops the servers this run started (servers that were already up are left running),
 # and exits with cargo's exit code. Needs root (Debian packages, Cyrus and Postfix).
 set -euo pipefail
 
@@ -38,6 +39,22 @@ for s in cyrus stalwart; do
 done
 bash "$HARNESS" up all
 log "mail servers up in $(elapsed "$t0")"
+
+# tests/mcp.rs drives `taskmail mcp` with a real MCP client: the official Python SDK (PyPI
+# `mcp`) in a venv under target/ (Debian's python3 needs python3-venv for `-m venv`).
+VENV=target/mcp-venv
+if ! "$VENV/bin/python" -c 'import mcp.client.stdio' 2> /dev/null; then
+    t2=$(date +%s)
+    rm -rf "$VENV"
+    if ! python3 -m venv "$VENV" 2> /dev/null; then
+        rm -rf "$VENV"
+        log "installing python3-venv"
+        apt-get install -y -q python3-venv > /dev/null || { apt-get update -q > /dev/null && apt-get install -y -q python3-venv > /dev/null; }
+        python3 -m venv "$VENV"
+    fi
+    "$VENV/bin/pip" install --quiet mcp
+    log "MCP client venv ready in $(elapsed "$t2")"
+fi
 
 t1=$(date +%s)
 # --no-fail-fast: one failing test binary does not hide the others' results

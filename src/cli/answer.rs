@@ -76,52 +76,14 @@ impl AnswerCommand {
             ));
         }
         let store = super::open_store(&config)?;
-        let task =
-            super::task::find_dispatched(&config, &store, &self.task_id, self.account.as_deref())?;
-        let account = super::pick_account(&config, Some(&task.account), &task.account)?;
-        let signer = super::signer(&config, &account.name)?;
-        let queued = dispatcher::enqueue_answer(
-            &store,
-            account,
-            &account.name,
-            signer.as_ref(),
-            &TaskId::new(task.task_id.as_str()),
-            &text,
-            crate::clock::now(),
-        )
-        .map_err(|e| {
-            let failure = Failure::of("task", &e, e.exit_code());
-            match e {
-                dispatcher::DispatcherError::NotWaiting { .. } => failure.detail(format!(
-                    "see the task with: taskmail task show {}",
-                    task.task_id
-                )),
-                _ => failure,
-            }
-        })?;
-        crate::transport::init_crypto();
-        let delivery = super::runtime()?.block_on(dispatcher::deliver(
+        let answered = super::runtime()?.block_on(answer_task(
             &config,
-            &account.name,
             &store,
-            &queued.message_id,
-            super::dispatch::SEND_PATIENCE,
-        ));
-        let (status, by) = match delivery {
-            Ok(Delivery::Sent(by)) => ("sent", by.map(|h| h.describe())),
-            Ok(Delivery::Queued(holder)) => ("queued", Some(holder.describe())),
-            Err(error) => {
-                let code = error.exit_code();
-                let mut failure = Failure::of("send", &error, code).detail(format!(
-                    "the answer stays queued: the next taskmail process serving account '{}' sends it",
-                    account.name
-                ));
-                if let Some(hint) = super::dispatch::send_hint(code, account) {
-                    failure = failure.detail(hint);
-                }
-                return Err(failure);
-            }
-        };
+            &self.task_id,
+            self.account.as_deref(),
+            &text,
+        ))?;
+        let (queued, status, by) = (answered.queued, answered.status, answered.sender);
         if self.json {
             output::write_stdout(
                 format!(
@@ -156,4 +118,78 @@ impl AnswerCommand {
         }
         Ok(Exit::Ok)
     }
+}
+
+/// A help request answered: the queued mail, `sent` or `queued`, and who sent it.
+#[derive(Debug)]
+pub(crate) struct Answered {
+    /// The answer in the outbox.
+    pub(crate) queued: dispatcher::Queued,
+    /// `sent` or `queued`.
+    pub(crate) status: &'static str,
+    /// The process that sent (or will send) it, when not this one.
+    pub(crate) sender: Option<String>,
+}
+
+/// Answers the help request of dispatched task `id` (a unique prefix will do) of `account` (or
+/// of any account) with `text`, and delivers it (module docs). Shared by `taskmail answer` and
+/// the MCP tool `answer_help`.
+pub(crate) async fn answer_task(
+    config: &crate::config::Config,
+    store: &crate::store::Store,
+    id: &str,
+    account: Option<&str>,
+    text: &str,
+) -> Result<Answered, Failure> {
+    let task = super::task::find_dispatched(config, store, id, account)?;
+    let account = super::pick_account(config, Some(&task.account), &task.account)?;
+    let signer = super::signer(config, &account.name)?;
+    let queued = dispatcher::enqueue_answer(
+        store,
+        account,
+        &account.name,
+        signer.as_ref(),
+        &TaskId::new(task.task_id.as_str()),
+        text,
+        crate::clock::now(),
+    )
+    .map_err(|e| {
+        let failure = Failure::of("task", &e, e.exit_code());
+        match e {
+            dispatcher::DispatcherError::NotWaiting { .. } => failure.detail(format!(
+                "see the task with: taskmail task show {}",
+                task.task_id
+            )),
+            _ => failure,
+        }
+    })?;
+    crate::transport::init_crypto();
+    let delivery = dispatcher::deliver(
+        config,
+        &account.name,
+        store,
+        &queued.message_id,
+        super::dispatch::SEND_PATIENCE,
+    )
+    .await;
+    let (status, sender) = match delivery {
+        Ok(Delivery::Sent(by)) => ("sent", by.map(|h| h.describe())),
+        Ok(Delivery::Queued(holder)) => ("queued", Some(holder.describe())),
+        Err(error) => {
+            let code = error.exit_code();
+            let mut failure = Failure::of("send", &error, code).detail(format!(
+                "the answer stays queued: the next taskmail process serving account '{}' sends it",
+                account.name
+            ));
+            if let Some(hint) = super::dispatch::send_hint(code, account) {
+                failure = failure.detail(hint);
+            }
+            return Err(failure);
+        }
+    };
+    Ok(Answered {
+        queued,
+        status,
+        sender,
+    })
 }

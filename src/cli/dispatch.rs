@@ -152,7 +152,7 @@ impl DispatchCommand {
     }
 
     /// The task.dispatch from the flags.
-    fn dispatch(&self, config: &Config) -> Result<Dispatch, Failure> {
+    pub(crate) fn dispatch(&self, config: &Config) -> Result<Dispatch, Failure> {
         if self.title.trim().is_empty() {
             return Err(usage_text("cannot dispatch without a title: --title"));
         }

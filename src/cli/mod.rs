@@ -19,6 +19,7 @@ pub mod grants;
 pub mod inbox;
 pub mod keys;
 pub mod listen;
+pub mod mcp;
 pub mod output;
 pub mod pair;
 pub mod parse;
@@ -309,6 +310,8 @@ pub enum Command {
     /// Pair with a peer by a single-use code: `pair new` (worker side), `pair request URL`.
     #[command(subcommand)]
     Pair(pair::PairCommand),
+    /// Serve the account's mailbox and tasks as MCP tools on stdio (for agent runtimes).
+    Mcp(mcp::McpCommand),
     /// Read the trust verdict log (every admit and refusal, never a body).
     Audit(audit::AuditCommand),
     /// List, release or drop the mail the injection scan held in quarantine.
@@ -361,6 +364,7 @@ impl Cli {
                 c.execute(self.global.config, &crate::config::Env::from_process())
             }
             Command::Pair(c) => c.execute(self.global.config, &crate::config::Env::from_process()),
+            Command::Mcp(c) => c.execute(self.global.config, &crate::config::Env::from_process()),
             Command::Audit(c) => c.execute(self.global.config, &crate::config::Env::from_process()),
             Command::Quarantine(c) => {
                 c.execute(self.global.config, &crate::config::Env::from_process())

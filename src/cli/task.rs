@@ -195,7 +195,7 @@ pub(crate) fn task_json(task: &Task) -> Value {
 }
 
 /// The task with its thread.
-fn show(store: &Store, task: &Task) -> Result<Value, Failure> {
+pub(crate) fn show(store: &Store, task: &Task) -> Result<Value, Failure> {
     let thread = store.thread(&task.account, &task.task_id, task.role)?;
     let record = match task.role {
         Role::Dispatcher => Some(dispatcher::load_record(

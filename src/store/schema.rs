@@ -206,8 +206,42 @@ CREATE TABLE IF NOT EXISTS mailbox_sync (
 ) WITHOUT ROWID;
 "#;
 
+/// Monitor facts (`protocol/asmtp.md`, "Monitor"; [`crate::store::MonitorRow`]): what a
+/// monitored send expects (its monitor and recipients), the delivery facts learnt from the
+/// reports (one per envelope, recipient and fact), and delivery reports seen in the headers
+/// phase whose parts are still to be read.
+const V_MONITOR: &str = r#"
+CREATE TABLE IF NOT EXISTS monitor_expect (
+    account      TEXT NOT NULL,
+    envelope_id  TEXT NOT NULL,
+    monitor      TEXT NOT NULL,
+    recipients   TEXT NOT NULL,
+    created_at   INTEGER NOT NULL,
+    PRIMARY KEY (account, envelope_id)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS monitor_facts (
+    account      TEXT NOT NULL,
+    envelope_id  TEXT NOT NULL,
+    recipient    TEXT NOT NULL,
+    fact         TEXT NOT NULL CHECK (fact IN ('stored', 'bounced', 'expired')),
+    monitor      TEXT NOT NULL,
+    at_ms        INTEGER NOT NULL,
+    status       TEXT,
+    detail       TEXT,
+    report_id    TEXT,
+    PRIMARY KEY (account, envelope_id, recipient, fact)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS monitor_facts_by_time ON monitor_facts (account, at_ms);
+CREATE TABLE IF NOT EXISTS monitor_pending (
+    account   TEXT NOT NULL,
+    email_id  TEXT NOT NULL,
+    seen_at   INTEGER NOT NULL,
+    PRIMARY KEY (account, email_id)
+) WITHOUT ROWID;
+"#;
+
 /// Every migration, in order: entry `i` takes a file from version `i` to `i + 1`.
-pub(super) const MIGRATIONS: &[&str] = &[V1, V_GRANTS, V_QUARANTINE, V_MAILBOX];
+pub(super) const MIGRATIONS: &[&str] = &[V1, V_GRANTS, V_QUARANTINE, V_MAILBOX, V_MONITOR];
 
 /// The schema version this build writes.
 pub(super) const SCHEMA_VERSION: usize = MIGRATIONS.len();

@@ -27,6 +27,9 @@ use lettre::transport::smtp::client::{AsyncSmtpConnection, TlsParameters};
 use lettre::transport::smtp::extension::ClientId;
 
 use super::{Backoff, SmtpEnvelope, Submit};
+
+#[path = "smtp_dsn.rs"]
+mod dsn;
 use crate::config::{Account, SecretError, SmtpTls};
 
 /// A boxed cause, so that stubs and lettre errors fit the same variants.
@@ -520,9 +523,22 @@ impl SmtpSubmit {
 impl Submit for SmtpSubmit {
     async fn send_raw(&self, envelope: &SmtpEnvelope, bytes: &[u8]) -> Result<(), SendError> {
         let envelope = lettre_envelope(envelope)?;
+        // NOTE: a monitored ASMTP envelope asks for delivery reports (smtp_dsn.rs).
+        let mut dsn = crate::wire::dsn::DsnRequest::for_message(bytes);
         let mut attempt: u32 = 0;
         loop {
-            let error = match self.send_once(&envelope, bytes).await {
+            let sent = match &dsn {
+                Some(request) => match self.send_once_dsn(&envelope, request, bytes).await {
+                    Ok(dsn::DsnOutcome::Sent) => Ok(()),
+                    Ok(dsn::DsnOutcome::Refused) => {
+                        dsn = None;
+                        continue;
+                    }
+                    Err(error) => Err(error),
+                },
+                None => self.send_once(&envelope, bytes).await,
+            };
+            let error = match sent {
                 Ok(()) => {
                     tracing::debug!(endpoint = %self.endpoint, attempts = attempt + 1, "submitted");
                     return Ok(());

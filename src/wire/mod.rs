@@ -12,6 +12,7 @@
 pub mod aamp;
 pub mod asmtp;
 pub mod classify;
+pub mod dsn;
 pub mod headers;
 pub mod message;
 pub mod reply;

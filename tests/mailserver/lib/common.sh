@@ -31,6 +31,11 @@ MAIL_SENDER_IP=${MAIL_SENDER_IP:-127.0.0.2}
 OTHER_SENDER_IP=${OTHER_SENDER_IP:-127.0.0.3}
 # A domain not hosted here whose SPF record authorizes 127.0.0.1 (an attacker's own domain).
 FOREIGN_DOMAIN=${FOREIGN_DOMAIN:-elsewhere.test}
+# A domain whose mail the submission servers accept from an authenticated sender and whose
+# delivery then fails for good (a refused RCPT at the next hop): the failing recipient of the
+# monitor-fact tests (tests/monitor.rs). Stalwart relays it to its own MX port, which refuses
+# to relay it; Postfix hands it to Cyrus's LMTP, which has no such mailbox.
+BOUNCE_DOMAIN=${BOUNCE_DOMAIN:-bounce.test}
 # DKIM selectors of each domain; the name says the algorithm (ed25519* or else RSA-2048).
 DKIM_SELECTORS=${DKIM_SELECTORS:-"ed25519 rsa2048"}
 

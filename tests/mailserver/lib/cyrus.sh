@@ -112,6 +112,12 @@ EOF
     install -d -m 0700 -o postfix -g postfix "$PF_DIR/lib"
     : > "$PF_DIR/vmailbox"
     for u in $MAIL_USERS; do echo "$u@$MAIL_DOMAIN OK" >> "$PF_DIR/vmailbox"; done
+    # $BOUNCE_DOMAIN (lib/common.sh): accepted on submission, relayed to this Postfix's own MX
+    # port, which refuses the recipient (550): bounced with a delivery report. (Not to Cyrus's
+    # LMTP: it creates a mailbox on first delivery.) The relay transport announces another
+    # hostname, or the client would stop at "loops back to myself".
+    echo "$BOUNCE_DOMAIN refuse:[$HOST]:$CYRUS_SMTP_PORT" > "$PF_DIR/transport"
+    echo "$BOUNCE_DOMAIN REJECT this test domain refuses all mail" > "$PF_DIR/refused"
     cat > "$PF_DIR/sasl/smtpd.conf" <<EOF
 pwcheck_method: auxprop
 auxprop_plugin: sasldb
@@ -146,6 +152,8 @@ biff = no
 virtual_mailbox_domains = $MAIL_DOMAIN
 virtual_mailbox_maps = texthash:$PF_DIR/vmailbox
 virtual_transport = lmtp:inet:$HOST:$CYRUS_LMTP_PORT
+transport_maps = texthash:$PF_DIR/transport
+smtpd_recipient_restrictions = check_recipient_access texthash:$PF_DIR/refused
 smtpd_sasl_auth_enable = yes
 smtpd_sasl_type = cyrus
 smtpd_sasl_path = smtpd
@@ -180,6 +188,8 @@ error     unix - - n - - error
 retry     unix - - n - - error
 discard   unix - - n - - discard
 lmtp      unix - - n - - lmtp
+refuse    unix - - n - - smtp
+  -o myhostname=out.$MAIL_DOMAIN
 anvil     unix - - n - 1 anvil
 scache    unix - - n - 1 scache
 postlog   unix-dgram n - n - 1 postlogd
@@ -244,7 +254,7 @@ cyrus_healthy() {
         && port_open "$CYRUS_SMTP_PORT" && port_open "$CYRUS_SUBMISSION_PORT"
 }
 
-cyrus_config_hash() { cat "$CY_CONF" "$CY_DIR/cyrus.conf" "$PF_DIR/main.cf" "$PF_DIR/master.cf" "$PF_DIR/vmailbox" \
+cyrus_config_hash() { cat "$CY_CONF" "$CY_DIR/cyrus.conf" "$PF_DIR/main.cf" "$PF_DIR/master.cf" "$PF_DIR/vmailbox" "$PF_DIR/transport" "$PF_DIR/refused" \
     <(echo "$MAIL_PASSWORD") 2>/dev/null | sha256sum | cut -c1-16; }
 
 # cyrus_write_env: (re)write the env file, with the push kinds probed from the running server.
@@ -267,6 +277,7 @@ cyrus_write_env() {
         JMAP_PUSH="$CY_PUSH" \
         PID="$(cat "$CY_PIDFILE")" \
         POSTFIX_CONFIG="$PF_DIR" \
+        BOUNCE_DOMAIN="$BOUNCE_DOMAIN" \
         POSTFIX_PID="$(tr -dc 0-9 < "$PF_DIR/spool/pid/master.pid" 2>/dev/null)" \
         LOG="$LOG_DIR/syslog" \
         POSTFIX_LOG="$LOG_DIR/postfix.log"

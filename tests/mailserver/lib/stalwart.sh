@@ -287,8 +287,8 @@ EOF
 # its domain's SPF record) with EHLO out.<domain>, and verified there like any inbound mail.
 # What arrives on the MX port is unauthenticated, so it is delivered locally (no loop).
 [queue.strategy]
-route = [{ if = "$hairpin", then = "'hairpin'" }, { if = "is_local_domain('*', rcpt_domain)", then = "'local'" }, { else = "'mx'" }]
-tls = [{ if = "$hairpin", then = "'hairpin'" }, { if = "retry_num > 0 && last_error == 'tls'", then = "'invalid-tls'" }, { else = "'default'" }]
+route = [{ if = "rcpt_domain == '$BOUNCE_DOMAIN'", then = "'refused'" }, { if = "$hairpin", then = "'hairpin'" }, { if = "is_local_domain('*', rcpt_domain)", then = "'local'" }, { else = "'mx'" }]
+tls = [{ if = "rcpt_domain == '$BOUNCE_DOMAIN'", then = "'hairpin'" }, { if = "$hairpin", then = "'hairpin'" }, { if = "retry_num > 0 && last_error == 'tls'", then = "'invalid-tls'" }, { else = "'default'" }]
 connection = [{ if = "sender_domain == '$MAIL_DOMAIN'", then = "'from-main'" }, { if = "sender_domain == '$OTHER_DOMAIN'", then = "'from-other'" }, { else = "'default'" }]
 
 [queue.route.hairpin]
@@ -299,6 +299,17 @@ protocol = "smtp"
 tls.implicit = false
 tls.allow-invalid-certs = true
 description = "Authenticated submissions to local accounts, through the MX port"
+
+# $BOUNCE_DOMAIN (lib/common.sh): relayed to this server's own MX port, which refuses to relay
+# it (550): a delivery that fails for good after the submission was accepted.
+[queue.route.refused]
+type = "relay"
+address = "mail.$MAIL_DOMAIN"
+port = $STALWART_SMTP_PORT
+protocol = "smtp"
+tls.implicit = false
+tls.allow-invalid-certs = true
+description = "The failing test domain $BOUNCE_DOMAIN, refused by the MX port"
 
 [queue.tls.hairpin]
 starttls = "disable"
@@ -406,10 +417,12 @@ directory = "'memory'"
 require = "local_port != $STALWART_SMTP_PORT && local_port != $STALWART_SMTP_ENFORCE_PORT"
 errors.wait = "100ms"
 
-# Local recipients only: nothing is ever relayed off the box.
+# Local recipients only: nothing is ever relayed off the box, except that an authenticated
+# sender may submit to the failing test domain $BOUNCE_DOMAIN (routed back to the MX port,
+# which refuses it).
 [session.rcpt]
 directory = "'memory'"
-relay = false
+relay = [{ if = "!is_empty(authenticated_as) && rcpt_domain == '$BOUNCE_DOMAIN'", then = true }, { else = false }]
 errors.wait = "100ms"
 
 [session.data]
@@ -582,6 +595,7 @@ stalwart_start() {
         DNS_PORT="$( [ "$STALWART_MAIL_AUTH" = off ] || echo "$DNS_PORT")" \
         DKIM_SELECTORS="$( [ "$STALWART_MAIL_AUTH" = off ] || echo "$DKIM_SELECTORS")" \
         FOREIGN_DOMAIN="$( [ "$STALWART_MAIL_AUTH" = off ] || echo "$FOREIGN_DOMAIN")" \
+        BOUNCE_DOMAIN="$( [ "$STALWART_MAIL_AUTH" = hairpin ] && echo "$BOUNCE_DOMAIN")" \
         SENDER_IP="$MAIL_SENDER_IP" \
         OTHER_SENDER_IP="$OTHER_SENDER_IP" \
         SMTP_ENFORCE_PORT="$STALWART_SMTP_ENFORCE_PORT" \
