@@ -583,6 +583,15 @@ impl Mailbox {
         }
         self.with_store(|s| s.set_mailbox_sync_state(self.account(), &new_state, ms(now)))
             .map_err(store_error)?;
+        // NOTE: delivery reports were only noted above (headers); read the noted ones now so
+        // every surface (CLI, operator API, WebSocket, MCP) hears of facts from the same sync.
+        // A failure leaves them noted for the next sync.
+        match monitor::resolve(self).await {
+            Ok(found) => facts.extend(found),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read delivery reports yet; retrying on the next sync")
+            }
+        }
         let frames = self.frames_after(reported.as_ref())?;
         if let Some(last) = frames.last() {
             *reported = Some(last.cursor());
