@@ -899,3 +899,58 @@ async fn the_serve_verb_starts_answers_and_stops() {
     })
     .await;
 }
+
+/// A send with a monitor: the sender's WebSocket hears `monitor.fact` `stored` for the
+/// recipient (from the server's delivery report, read by the follow loop's sync), and
+/// `GET /monitor` serves the same persisted fact afterwards.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn monitor_facts_reach_the_senders_websocket() {
+    on_every_server(|server| async move {
+        let api = Api::start(&server).await;
+        let l = api.label.clone();
+        let token = support::unique_token();
+        api.pair_up().await;
+        let ws_base = api.base.replacen("http://", "ws://", 1);
+        let (mut sender_ws, _) =
+            tokio_tungstenite::connect_async(format!("{ws_base}/connect?token={ALPHA_TOKEN}"))
+                .await
+                .unwrap();
+        let id = new_id();
+        let monitor = format!("mon_{}", token.replace('-', "_"));
+        let mut body = envelope(&id, BETA, &format!("monitored {token}"), "watch me");
+        body["monitor"] = json!(monitor);
+        let sent = api.post("/messages", ALPHA_TOKEN, &body).await;
+        assert_eq!(sent.status, StatusCode::ACCEPTED, "{l}: {sent:?}");
+        let started = Instant::now();
+        let fact = tokio::time::timeout(DELIVERY, async {
+            while let Some(msg) = sender_ws.next().await {
+                if let Ok(Message::Text(text)) = msg {
+                    let v: Value = serde_json::from_str(&text).unwrap();
+                    if v["type"] == json!("monitor.fact") && v["envelope_id"] == json!(id) {
+                        return Some(v);
+                    }
+                }
+            }
+            None
+        })
+        .await
+        .unwrap_or_else(|_| panic!("{l}: no monitor.fact within {DELIVERY:?}"))
+        .unwrap_or_else(|| panic!("{l}: the WebSocket closed"));
+        eprintln!(
+            "{l}: send -> monitor.fact on the WebSocket in {} ms",
+            started.elapsed().as_millis()
+        );
+        assert_eq!(fact["fact"], json!("stored"), "{l}: {fact}");
+        assert_eq!(fact["recipient_handle"], json!(BETA), "{l}: {fact}");
+        assert_eq!(fact["monitor"], json!(monitor), "{l}: {fact}");
+        let listed = api
+            .get(&format!("/monitor?envelope_id={id}"), ALPHA_TOKEN)
+            .await;
+        assert_eq!(listed.status, StatusCode::OK, "{l}: {listed:?}");
+        let facts = listed.body["facts"].as_array().unwrap();
+        assert_eq!(facts.len(), 1, "{l}: {listed:?}");
+        assert_eq!(facts[0]["fact"], json!("stored"), "{l}: {listed:?}");
+        api.stop().await;
+    })
+    .await;
+}
