@@ -903,6 +903,8 @@ where
         inbox_id,
         failures: Mutex::new(std::collections::HashMap::new()),
         backoffs: Backoffs::new()?,
+        // NOTE: a dispatcher-only pipeline claims nothing.
+        book: super::lease::Book::default(),
     });
     let state = core.start_state().await?;
     core.prune();

@@ -64,6 +64,7 @@ pub mod dispatcher;
 pub mod events;
 pub mod gate;
 pub mod inbound;
+pub mod lease;
 pub mod outbound;
 pub mod pairing;
 pub mod queue;
@@ -264,6 +265,10 @@ pub(crate) struct Settings {
     pub(crate) quarantine_mailbox: String,
     /// Whether the gate requires authentication, so that admitted mail is `verified`.
     pub(crate) authenticated: bool,
+    /// `worker.lease`: how long our claims hold without renewal ([`lease`]).
+    pub(crate) lease: Duration,
+    /// `worker.claim-wait`: the claim protocol's delta ([`lease`]).
+    pub(crate) claim_wait: Duration,
 }
 
 impl Settings {
@@ -282,6 +287,8 @@ impl Settings {
             state_dir: config.state_dir().to_path_buf(),
             quarantine_mailbox: trust.quarantine_mailbox.clone(),
             authenticated: trust.require_authentication,
+            lease: worker.lease,
+            claim_wait: worker.claim_wait,
         }
     }
 }
@@ -343,6 +350,8 @@ pub(crate) struct Core<M, S, A> {
     /// Route failures per JMAP id, to give up on a mail that always fails.
     pub(crate) failures: Mutex<std::collections::HashMap<String, u32>>,
     pub(crate) backoffs: Backoffs,
+    /// The leases we hold and watch ([`lease`]).
+    pub(crate) book: lease::Book,
 }
 
 /// Retry delays of the daemon's loops.
@@ -453,6 +462,27 @@ pub(crate) fn log_trust(config: &Config) {
     }
 }
 
+/// The owner name of our leases: `worker.lease-owner`, else one made up at the first start and
+/// kept in the store (so a restart with the same state dir knows its own leases).
+fn lease_owner(
+    store: &Store,
+    account: &str,
+    configured: Option<&str>,
+) -> Result<String, StoreError> {
+    if let Some(owner) = configured {
+        return Ok(owner.to_owned());
+    }
+    let key = format!("lease-owner/{account}");
+    if let Some(owner) = store.kv_get(&key)?
+        && crate::config::valid_lease_owner(&owner)
+    {
+        return Ok(owner);
+    }
+    let owner = lease::random_owner();
+    store.kv_set(&key, &owner, crate::clock::now())?;
+    Ok(owner)
+}
+
 /// How often the store is pruned while the daemon runs (once at start, too).
 const PRUNE_EVERY: Duration = Duration::from_secs(6 * 3600);
 
@@ -507,6 +537,7 @@ where
     let signer = crate::trust::keys::signer(config, &name)?;
     let worker = config.worker();
     log_trust(config);
+    let owner = lease_owner(&store, &name, worker.lease_owner.as_deref())?;
     let core = Arc::new(Core {
         key: name.clone(),
         worker: true,
@@ -527,7 +558,9 @@ where
         inbox_id,
         failures: Mutex::new(std::collections::HashMap::new()),
         backoffs: Backoffs::new()?,
+        book: lease::Book::new(owner),
     });
+    core.load_leases()?;
     let state = core.start_state().await?;
     let recovered = core.recover()?;
     core.prune();
@@ -539,6 +572,7 @@ where
         side.spawn(future);
     }
     side.spawn(prune_periodically(Arc::clone(&core)));
+    side.spawn(lease::keep(Arc::clone(&core)));
     if let Some(push_status) = push_status {
         side.spawn(status::record_push_status(
             core.db.clone(),
