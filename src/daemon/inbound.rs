@@ -205,6 +205,7 @@ where
         let sweep = (core.settings.lease / 4).max(std::time::Duration::from_millis(250));
         tokio::select! {
             () = tokio::time::sleep(sweep), if core.worker => {}
+            () = core.book.room.notified(), if core.worker && core.has_backlog() => {}
             hint = hints.recv(), if hints_open => match hint {
                 Some(hint) => {
                     tracing::trace!(?hint, "hint");
@@ -247,7 +248,8 @@ where
         };
         let result = self.changes_since(&since).await;
         if self.worker {
-            let expired = self.expired_watches();
+            let mut expired = self.expired_watches();
+            expired.extend(self.take_backlog(self.room()));
             if !expired.is_empty() {
                 tracing::debug!(
                     count = expired.len(),
@@ -377,11 +379,15 @@ where
             // NOTE: mail for a task we dispatched is ours by the task in our store: no other
             // daemon can route it, so it takes no claim (and no round trip). The rest is
             // claimed as one batch (lease.rs: one write, one wait, one read-back).
-            let wanted: Vec<String> = takes
+            let mut wanted: Vec<String> = takes
                 .iter()
                 .filter(|t| !matches!(t.what, What::ForDispatcher { .. }))
                 .map(|t| t.fetched.id.clone())
                 .collect();
+            // NOTE: claim no more than we have room to run: the rest waits in the backlog
+            // (not settled), so that other daemons on the mailbox take their share.
+            let later = wanted.split_off(self.room().min(wanted.len()));
+            self.defer(&later);
             let (won, over) = self.claim_batch(&wanted).await.map_err(|e| match e {
                 super::lease::LeaseError::Mail(e) => SyncError::Mail(e),
                 super::lease::LeaseError::Store(e) => SyncError::Store(e),
@@ -391,6 +397,9 @@ where
                 if matches!(take.what, What::ForDispatcher { .. }) || won.contains(&take.fetched.id)
                 {
                     claimed.push(take);
+                } else if later.contains(&take.fetched.id) {
+                    let _in = take.span.enter();
+                    tracing::debug!("no room to run it now; left for later");
                 } else if over.contains(&take.fetched.id) {
                     let _in = take.span.enter();
                     self.ignore(&take.fetched, "ignored:done-elsewhere", None)?;

@@ -58,7 +58,7 @@
 //! Cyrus keeps at most 128 distinct user flags per mailbox: no timestamps in names. A lease is
 //! `$taskmail-lease-<owner>-<seconds>-<beat>`, beat 0 or 1, so each daemon name costs two.
 
-use std::collections::{BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
 use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
@@ -137,6 +137,16 @@ pub fn finished(keywords: &BTreeSet<String>) -> bool {
     keywords.contains(RESULT) || keywords.contains(DONE)
 }
 
+/// A spread in `0..1` that differs per daemon and mail: watchers of the same mail do not all
+/// try a takeover at once, and daemons do not take the same backlog mail first.
+fn spread(owner: &str, id: &str) -> f64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+    hasher.write(owner.as_bytes());
+    hasher.write(id.as_bytes());
+    (hasher.finish() >> 11) as f64 / (1u64 << 53) as f64
+}
+
 /// A random owner name: 8 lowercase hex digits.
 pub fn random_owner() -> String {
     uuid::Uuid::new_v4().simple().to_string()[..8].to_owned()
@@ -151,6 +161,11 @@ pub(crate) fn held_key(account: &str, email_id: &str) -> String {
 /// The store key of a mail another daemon holds (value: the keyword seen).
 pub(crate) fn watch_key(account: &str, email_id: &str) -> String {
     format!("watch/{account}/{email_id}")
+}
+
+/// The store key of a mail left for later (value: empty).
+pub(crate) fn backlog_key(account: &str, email_id: &str) -> String {
+    format!("backlog/{account}/{email_id}")
 }
 
 /// The held-lease value of a lease that was lost.
@@ -174,6 +189,8 @@ pub(crate) struct Held {
 struct Watched {
     keyword: String,
     since: Instant,
+    /// Added to the lease before we try a takeover (a quarter of it at most).
+    slack: Duration,
 }
 
 /// The leases we hold and the ones we watch.
@@ -183,6 +200,11 @@ pub(crate) struct Book {
     pub(crate) owner: String,
     held: Mutex<HashMap<String, Held>>,
     watched: Mutex<HashMap<String, Watched>>,
+    /// Free mail we left for later: claimed only when we have room to run it, so that the
+    /// other daemons on the mailbox get their share meanwhile.
+    backlog: Mutex<VecDeque<String>>,
+    /// A run ended: there may be room for the backlog.
+    pub(crate) room: tokio::sync::Notify,
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -291,6 +313,13 @@ where
             );
         }
         drop(book);
+        let backlog_prefix = backlog_key(&self.key, "");
+        let backlog = self.db.with(|s| s.kv_with_prefix(&backlog_prefix))?;
+        lock(&self.book.backlog).extend(
+            backlog
+                .into_iter()
+                .filter_map(|(key, _)| key.strip_prefix(&backlog_prefix).map(str::to_owned)),
+        );
         let now = Instant::now();
         let mut book = lock(&self.book.watched);
         for (key, keyword) in watched {
@@ -298,6 +327,10 @@ where
                 book.insert(
                     id.to_owned(),
                     Watched {
+                        slack: self
+                            .settings
+                            .lease
+                            .mul_f64(spread(&self.book.owner, id) / 4.0),
                         keyword,
                         since: now,
                     },
@@ -354,6 +387,10 @@ where
             Watched {
                 keyword: keyword.to_owned(),
                 since: Instant::now(),
+                slack: self
+                    .settings
+                    .lease
+                    .mul_f64(spread(&self.book.owner, id) / 4.0),
             },
         );
         drop(book);
@@ -368,6 +405,69 @@ where
         if lock(&self.book.watched).remove(id).is_some() {
             let _ = self.db.with(|s| s.kv_delete(&watch_key(&self.key, id)));
         }
+    }
+
+    /// How many more mails we may claim now: twice the run slots, less what waits or runs.
+    pub(crate) fn room(&self) -> usize {
+        let slots = self.queue.concurrency().max(1) * 2;
+        slots.saturating_sub(self.queue.len() + self.queue.running())
+    }
+
+    /// Leaves free mail for later (no room to run it now).
+    pub(crate) fn defer(&self, ids: &[String]) {
+        if ids.is_empty() {
+            return;
+        }
+        let mut backlog = lock(&self.book.backlog);
+        for id in ids {
+            if !backlog.contains(id) {
+                backlog.push_back(id.clone());
+            }
+        }
+        drop(backlog);
+        let now = self.now();
+        let _ = self.db.atomically(|s| {
+            for id in ids {
+                s.kv_set(&backlog_key(&self.key, id), "", now)?;
+            }
+            Ok(())
+        });
+    }
+
+    /// Takes up to `room` mails from the backlog, for another look: from the oldest quarter
+    /// (at least `room`), in an order of its own, so that daemons sharing a backlog do not all
+    /// go for the same mails.
+    pub(crate) fn take_backlog(&self, room: usize) -> Vec<String> {
+        let mut backlog = lock(&self.book.backlog);
+        let n = room.min(backlog.len());
+        let window = (backlog.len() / 4).max(n).min(backlog.len());
+        let mut order: Vec<(u64, usize)> = (0..window)
+            .map(|i| {
+                let id = &backlog[i];
+                ((spread(&self.book.owner, id) * 1e9) as u64, i)
+            })
+            .collect();
+        order.sort_unstable();
+        let mut picked: Vec<usize> = order.into_iter().take(n).map(|(_, i)| i).collect();
+        picked.sort_unstable_by(|a, b| b.cmp(a));
+        let mut ids: Vec<String> = picked
+            .into_iter()
+            .filter_map(|i| backlog.remove(i))
+            .collect();
+        ids.reverse();
+        drop(backlog);
+        let _ = self.db.atomically(|s| {
+            for id in &ids {
+                s.kv_delete(&backlog_key(&self.key, id))?;
+            }
+            Ok(())
+        });
+        ids
+    }
+
+    /// Whether mail waits in the backlog.
+    pub(crate) fn has_backlog(&self) -> bool {
+        !lock(&self.book.backlog).is_empty()
     }
 
     /// Restarts the watch of every watched mail in `updated` (an `Email/changes` pass): a
@@ -400,7 +500,7 @@ where
             .iter()
             .filter(|(_, w)| {
                 let seconds = Lease::parse(&w.keyword).map_or(0, |l| l.seconds);
-                now.duration_since(w.since) >= Duration::from_secs(seconds)
+                now.duration_since(w.since) >= Duration::from_secs(seconds) + w.slack
             })
             .map(|(id, _)| id.clone())
             .collect()

@@ -870,6 +870,7 @@ where
         async {
             self.run_once(&task_id, cancel).await;
             drop(guard);
+            self.book.room.notify_one();
             // NOTE: an answer that came while the run was finishing found the task still
             // running in the queue; queue it now.
             match self.db.with(|s| s.get_task(&self.key, &task_id, Role::Worker)) {
