@@ -50,7 +50,7 @@ mod default {
     pub(super) const CANCEL_GRACE: Duration = Duration::from_secs(10);
     pub(super) const SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
     pub(super) const LEASE: Duration = Duration::from_secs(60);
-    pub(super) const CLAIM_WAIT: Duration = Duration::from_millis(500);
+    pub(super) const CLAIM_WAIT: Duration = Duration::from_secs(1);
     pub(super) const DISPATCH_TIMEOUT: Duration = Duration::from_secs(60 * 60);
     pub(super) const QUARANTINE: &str = "Quarantine";
     pub(super) const DEDUP_RETENTION: Duration = Duration::from_secs(7 * 86_400);
@@ -797,7 +797,7 @@ impl Checker<'_> {
             self.error_hint(
                 "worker.claim-wait",
                 format!("is {claim_wait:?}, outside 10 ms to a quarter of worker.lease"),
-                "use at least four JMAP round trips, e.g. \"500ms\" (the default)",
+                "use at least four JMAP round trips, e.g. \"1s\" (the default)",
             );
         }
         let lease_owner = raw

@@ -250,6 +250,10 @@ where
         if self.worker {
             let mut expired = self.expired_watches();
             expired.extend(self.take_backlog(self.room()));
+            let expired = self.worth_a_look(expired).await.map_err(|e| match e {
+                super::lease::LeaseError::Mail(e) => SyncError::Mail(e),
+                super::lease::LeaseError::Store(e) => SyncError::Store(e),
+            })?;
             if !expired.is_empty() {
                 tracing::debug!(
                     count = expired.len(),

@@ -544,6 +544,24 @@ where
         }
     }
 
+    /// Mail to look at again (expired watches, the backlog), less what is still leased by
+    /// another daemon (watched on, not screened again: screening counts against the sender's
+    /// rate limit).
+    pub(crate) async fn worth_a_look(&self, ids: Vec<String>) -> Result<Vec<String>, LeaseError> {
+        if ids.is_empty() {
+            return Ok(ids);
+        }
+        let current = self.mail.get_keywords(&ids).await?;
+        let mut keep = Vec::with_capacity(ids.len());
+        for (id, keywords) in current {
+            match self.standing(&id, &keywords) {
+                Standing::Leased(keyword) => self.watch(&id, &keyword),
+                Standing::Claimable(_) | Standing::Finished => keep.push(id),
+            }
+        }
+        Ok(keep)
+    }
+
     /// The claim protocol (module docs) for a batch: returns the ids we own now. Mail leased
     /// by another daemon is watched; mail whose task is over elsewhere is in `finished`.
     pub(crate) async fn claim_batch(
