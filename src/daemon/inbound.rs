@@ -13,7 +13,7 @@
 //! 3. Ids already marked processed are dropped; `Email/get` of **headers only** for the rest;
 //!    mail outside the Inbox-role mailbox (our Sent copies, the Junk folder) is skipped.
 //! 4. Screening, on headers: our own messages (by outbox Message-ID or From), Message-IDs seen
-//!    before, mail another daemon claimed (`$taskmail-claimed`, `$taskmail-done`), then
+//!    before, mail whose task is over elsewhere (`$taskmail-result`, `$taskmail-done`), then
 //!    [`crate::wire::classify()`]: invalid AAMP and unknown intents are logged and audited and
 //!    never become human replies; an ack, help request, result or cancel of a task this
 //!    account dispatched, or a person's reply in its thread, goes to the dispatcher side
@@ -27,11 +27,13 @@
 //!    admitting grant travels with the mail (`Take::grant`). Refused: audited, marked, no ack, no body fetched, and per
 //!    `trust.on-refused` silence or one neutral `rejected` result. Follow-ups (cancel, reply,
 //!    same-TaskId dispatch) must also come from the task's peer.
-//! 6. The claim: `$taskmail-claimed` with `ifInState` (compare-and-swap on the Email state); a
-//!    `stateMismatch` refreshes the state and looks at the mail again (claimed meanwhile: it
-//!    is someone else's). The claim is journalled in the store before it is made. A full
-//!    competing-consumer lease (expiry, renewal, takeover) replaces `Core::claim` later; it
-//!    keeps this call site.
+//! 6. The claim ([`super::lease`]): the worker-side takes of a chunk are claimed as one
+//!    batch (Fischer-style: read keywords, write the whole keyword set with our lease, wait
+//!    `worker.claim-wait`, read back), at most as many as there is room to run (the rest waits
+//!    in the backlog, unsettled). Mail another daemon leases is watched, not settled, and taken
+//!    over when its lease shows no change for the lease time; mail whose task is over
+//!    elsewhere (`$taskmail-result`, `$taskmail-done`) is settled as `done-elsewhere`. No
+//!    `ifInState`: new deliveries do not make claims fail.
 //! 7. `Email/get` with bodies for the claimed mail only; the body phase: the injection scan
 //!    ([`crate::trust::scan`]) over the subject and the body as plain text sets the trust level
 //!    and flags the agent will get; high risk moves the mail to `trust.quarantine-mailbox`

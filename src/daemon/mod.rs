@@ -6,8 +6,8 @@
 //!
 //! - [`inbound`]: push hint or poll tick -> `Email/changes` since the persisted state (a
 //!   bounded `Email/query` back-fill when the server cannot calculate changes) -> headers of
-//!   Inbox mail -> [`crate::wire::classify()`] -> [`gate`] -> claim (`$taskmail-claimed`,
-//!   `ifInState`) -> bodies of admitted mail only -> route. The JMAP state is saved once the
+//!   Inbox mail -> [`crate::wire::classify()`] -> [`gate`] -> claim (a lease keyword, see
+//!   [`lease`]) -> bodies of admitted mail only -> route. The JMAP state is saved once the
 //!   batch is processed.
 //! - [`worker`]: routing (dispatch, cancel, follow-up dispatch, human reply, plain mail), the
 //!   run scheduler over [`queue::RunQueue`] and [`runner::Runner`], and crash recovery.
@@ -29,9 +29,11 @@
 //! - **Inbound**: every mail handled is marked in the store's `processed` table with its verdict
 //!   (by JMAP id, and found again by Message-ID), in the same transaction as what it caused. The
 //!   JMAP state is saved only after the batch, so a crash re-reads the batch and the marks
-//!   dedupe it. A mail another daemon has taken (`$taskmail-claimed` or `$taskmail-done`) is
-//!   left to it; our own claim is journalled locally before it is made, so a crash between
-//!   claim and commit does not make us mistake our claim for someone else's.
+//!   dedupe it. A mail another daemon leases is left to it while its lease lives, and taken over
+//!   after ([`lease`], README "Many workers, one mailbox"); our leases are recorded in the store,
+//!   so a restart with the same state dir knows its own. An ack or result of a leased mail is
+//!   marked in the mailbox (`$taskmail-acked`, `$taskmail-result`) before it is submitted and
+//!   never sent once the lease is lost: a task is re-run only if no result was sent.
 //! - **Runs**: a run starts only through the store's compare-and-set
 //!   ([`crate::store::Store::record_run_start`], `queued -> running`), so no task runs twice at
 //!   once, here or in a second daemon on the same store.
