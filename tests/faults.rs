@@ -320,9 +320,12 @@ async fn a_killed_worker_loses_nothing() {
         let tasks = dispatch_all(&dispatcher, &token, "kill", n).await;
         // NOTE: the kills are spread over the burst; every other restart waits out the lease
         // (6 s), so that the live worker takes the victim's mail over.
-        let gap = Duration::from_millis((12_000 * n as u64 / 100 / kills.max(1) as u64).clamp(800, 4000));
+        // NOTE: a kill soon after each restart would hit the same re-run again and again (the
+        // restart rule gives a task up after three interruptions): 3.5 s or more apart.
+        let gap = (12_000 * n as u64 / 100 / kills.max(1) as u64).clamp(3500, 6000);
         for kill in 0..kills {
-            tokio::time::sleep(gap).await;
+            let jitter = (kill as u64 * 7919) % 1500;
+            tokio::time::sleep(Duration::from_millis(gap + jitter)).await;
             child.start_kill().unwrap();
             let _ = child.wait().await;
             let down = if kill % 2 == 0 { 300 } else { 8000 };

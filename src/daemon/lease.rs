@@ -584,11 +584,19 @@ where
                     over.insert(id);
                 }
                 Standing::Leased(keyword) => self.watch(&id, &keyword),
-                Standing::Claimable(old) => {
-                    let ours = match old.as_deref().and_then(Lease::parse) {
-                        Some(old) if old.owner == self.book.owner => old.renewed(),
-                        _ => self.own_lease(),
-                    };
+                Standing::Claimable(Some(old))
+                    if self.holds(&id)
+                        && lock(&self.book.held)
+                            .get(&id)
+                            .is_some_and(|h| h.keyword == old) =>
+                {
+                    // NOTE: already ours (a restart re-reads its last batch): the keeper
+                    // confirms it (a stale lease gets a full round); nothing runs or is sent
+                    // until then (`may_run`, `guard`).
+                    won.insert(id);
+                }
+                Standing::Claimable(_) => {
+                    let ours = self.own_lease();
                     let mut next: BTreeSet<String> = keywords
                         .iter()
                         .filter(|k| Lease::parse(k).is_none())
