@@ -6,7 +6,7 @@
 //! test (with the daemon's pid) and echoes. So the file counts the runs whose output reached a
 //! daemon (a run whose daemon was killed under it is interrupted: its output is lost and nobody
 //! can send it). A repeated run is accepted only when the daemon of every earlier run was then
-//! killed (between the run's end and the record of its outcome: the restart rule). The
+//! killed before the result was submitted (the rule: re-run only if no result was sent). The
 //! dispatcher's own mailbox is the record of what was sent.
 //!
 //! - `three_workers_share_one_mailbox`: three in-process daemons (separate state dirs, lease
@@ -358,8 +358,9 @@ async fn a_killed_worker_loses_nothing() {
         assert!(never.is_empty(), "{label}: never ran: {never:?}");
         let again: usize = counts.values().map(|c| c.saturating_sub(1)).sum();
         // NOTE: a run counts when its output reached a living daemon (the tally profile). A
-        // daemon killed after that but before it recorded the outcome (milliseconds) sent no
-        // result, so the task runs again by the rule; any other repeat is a failure.
+        // daemon killed after that but before its result was submitted sent no result, so the
+        // task runs again (by it after a restart, or by the worker that took its mail over);
+        // any other repeat is a failure.
         let by = runs_by(&tally, &tasks);
         let twice: Vec<_> = by
             .iter()
@@ -369,7 +370,7 @@ async fn a_killed_worker_loses_nothing() {
             .collect();
         assert!(twice.is_empty(), "{label}: ran twice: {twice:?} (killed {killed:?})");
         println!(
-            "{label}: {kills} kills over {n} tasks: all results in {elapsed:?}, {again} runs repeated after a kill between the run's end and its record, live worker ran {}",
+            "{label}: {kills} kills over {n} tasks: all results in {elapsed:?}, {again} runs repeated after a kill between a run's end and its result's submission, live worker ran {}",
             started(&live)
         );
         child.start_kill().unwrap();

@@ -407,9 +407,10 @@ where
         }
     }
 
-    /// How many more mails we may claim now: twice the run slots, less what waits or runs.
+    /// How many more mails we may claim now: four times the run slots (at least 32: a claim
+    /// round takes `claim-wait`, runs may take milliseconds), less what waits or runs.
     pub(crate) fn room(&self) -> usize {
-        let slots = self.queue.concurrency().max(1) * 2;
+        let slots = (self.queue.concurrency().max(1) * 4).max(32);
         slots.saturating_sub(self.queue.len() + self.queue.running())
     }
 

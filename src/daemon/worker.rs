@@ -375,6 +375,19 @@ where
         });
         if !waiting {
             self.mark_done(emails).await;
+            return;
+        }
+        // NOTE: the result mark at once (the outbox checks it again before it submits): a
+        // crash from here on never makes another daemon run the task again.
+        let wants: Vec<(String, &'static str)> = emails
+            .iter()
+            .filter(|id| self.holds(id))
+            .map(|id| (id.clone(), super::lease::RESULT))
+            .collect();
+        if !wants.is_empty()
+            && let Err(error) = self.guard(&wants).await
+        {
+            tracing::debug!(error = %crate::transport::smtp::error_chain(&error), "cannot set the result mark yet; the outbox will");
         }
     }
 
