@@ -42,6 +42,8 @@ use crate::wire::thread;
 const BATCH: usize = 32;
 /// Pending outbox rows looked at per pass.
 const SCAN: usize = 512;
+/// Submissions in flight at once (the SMTP pool bounds the connections).
+const SENDERS: usize = 8;
 /// How often the outbox is looked at without a kick (retries that became due).
 const IDLE_PASS: Duration = Duration::from_secs(1);
 
@@ -341,18 +343,32 @@ where
         }
         chosen.push(item);
     }
-    held.clear();
     // NOTE: the lease guard (lease.rs, README "Many workers, one mailbox"): an ack or result
     // of a leased mail is marked in the mailbox first, for the whole pass in one call; a lost
     // lease means another daemon has the task: never sent.
     let guards = lease_guards(core, &chosen).await;
-    let mut finished: Vec<String> = Vec::new();
-    let mut sent = 0;
+    let finished: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
+    let sent = std::sync::atomic::AtomicUsize::new(0);
+    // NOTE: one group per task (its messages in order; a held message holds the rest of its
+    // task), the groups submitted concurrently over the connection pool.
+    let mut groups: Vec<Vec<crate::store::OutboxItem>> = Vec::new();
     for item in chosen {
-        if item.task_id.is_some() && held.contains(&item.task_id) {
-            continue;
+        match groups
+            .iter_mut()
+            .find(|g| item.task_id.is_some() && g[0].task_id == item.task_id)
+        {
+            Some(group) => group.push(item),
+            None => groups.push(vec![item]),
         }
-        sent += 1;
+    }
+    let work = groups.into_iter().map(|group| {
+        let guards = &guards;
+        let finished = &finished;
+        let sent = &sent;
+        async move {
+    for item in group {
+        let mut hold = false;
+        sent.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         match guards.get(&item.message_id) {
             Some(super::lease::Guard::Superseded(why)) => {
                 tracing::info!(message_id = %item.message_id, reason = %why, "not sent: another daemon holds the task");
@@ -365,7 +381,6 @@ where
                 continue;
             }
             Some(super::lease::Guard::Wait(why)) => {
-                held.insert(item.task_id.clone());
                 tracing::debug!(message_id = %item.message_id, reason = %why, "not sent yet: the lease is being confirmed");
                 let next = core.now() + chrono::TimeDelta::milliseconds(250);
                 if let Err(error) = core
@@ -374,7 +389,8 @@ where
                 {
                     tracing::error!(error = %crate::transport::smtp::error_chain(&error), "cannot record a held message");
                 }
-                continue;
+                // NOTE: the rest of this task's messages wait too (order within a task).
+                break;
             }
             Some(super::lease::Guard::Send) | None => {}
         }
@@ -401,12 +417,15 @@ where
                 if item.intent == "task.result"
                     && let Some(task_id) = &item.task_id
                 {
-                    finished.extend(task_emails(core, task_id));
+                    finished
+                        .lock()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner)
+                        .extend(task_emails(core, task_id));
                 }
                 core.db.with(|s| s.outbox_mark_sent(&item.message_id, now))
             }
             Err(error) if error.is_transient() || error.is_auth() => {
-                held.insert(item.task_id.clone());
+                hold = true;
                 let delay = backoff.delay(item.attempts);
                 let text = crate::transport::smtp::error_chain(&error);
                 if error.is_auth() {
@@ -449,8 +468,22 @@ where
         if let Err(error) = recorded {
             tracing::error!(parent: &span, error = %crate::transport::smtp::error_chain(&error), "cannot record the outcome of a submission");
         }
+        if hold {
+            break;
+        }
     }
+        }
+    });
+    futures_util::StreamExt::collect::<Vec<()>>(futures_util::StreamExt::buffer_unordered(
+        futures_util::stream::iter(work),
+        SENDERS,
+    ))
+    .await;
+    let finished = finished
+        .into_inner()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
     core.mark_done(&finished).await;
+    let sent = sent.into_inner();
     sent > 0 && (full || sent >= BATCH)
 }
 
