@@ -146,6 +146,12 @@ pub struct RawWorker {
     pub plain_mail: Option<bool>,
     /// Shutdown drain timeout.
     pub shutdown_grace: Option<RawDuration>,
+    /// How long a claim holds without renewal.
+    pub lease: Option<RawDuration>,
+    /// The owner name in lease keywords.
+    pub lease_owner: Option<String>,
+    /// The pause between a claim and its read-back.
+    pub claim_wait: Option<RawDuration>,
 }
 
 /// `[dispatcher]`.

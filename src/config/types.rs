@@ -196,6 +196,15 @@ pub struct Worker {
     pub plain_mail: bool,
     /// How long a shutdown waits for running tasks.
     pub shutdown_grace: Duration,
+    /// How long a claim on a mail holds without renewal before another daemon on the same
+    /// mailbox may take the task over (renewed every third of it).
+    pub lease: Duration,
+    /// The owner name this daemon writes into its lease keywords (1 to 12 of `a-z0-9`); `None`
+    /// (`"auto"`, the default) for a random one kept in the state dir.
+    pub lease_owner: Option<String>,
+    /// The pause between writing a claim and reading it back (the claim protocol's delta):
+    /// a claim whose read-to-write took longer than half of it is not entered.
+    pub claim_wait: Duration,
 }
 
 /// The dispatcher: sends tasks and waits for results.

@@ -49,6 +49,8 @@ mod default {
     pub(super) const TASK_TIMEOUT: Duration = Duration::from_secs(30 * 60);
     pub(super) const CANCEL_GRACE: Duration = Duration::from_secs(10);
     pub(super) const SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
+    pub(super) const LEASE: Duration = Duration::from_secs(60);
+    pub(super) const CLAIM_WAIT: Duration = Duration::from_secs(1);
     pub(super) const DISPATCH_TIMEOUT: Duration = Duration::from_secs(60 * 60);
     pub(super) const QUARANTINE: &str = "Quarantine";
     pub(super) const DEDUP_RETENTION: Duration = Duration::from_secs(7 * 86_400);
@@ -790,6 +792,35 @@ impl Checker<'_> {
             raw.shutdown_grace,
             default::SHUTDOWN_GRACE,
         );
+        let lease = self.duration("worker.lease", raw.lease, default::LEASE);
+        if lease < Duration::from_secs(3) {
+            self.error_hint(
+                "worker.lease",
+                format!("is {lease:?}, shorter than 3 s"),
+                "use at least \"3s\"; the default \"60s\" suits most mailboxes",
+            );
+        }
+        let claim_wait = self.duration("worker.claim-wait", raw.claim_wait, default::CLAIM_WAIT);
+        if claim_wait < Duration::from_millis(10) || claim_wait * 4 > lease {
+            self.error_hint(
+                "worker.claim-wait",
+                format!("is {claim_wait:?}, outside 10 ms to a quarter of worker.lease"),
+                "use at least four JMAP round trips, e.g. \"1s\" (the default)",
+            );
+        }
+        let lease_owner = raw
+            .lease_owner
+            .map(|o| o.trim().to_ascii_lowercase())
+            .filter(|o| o != "auto");
+        if let Some(owner) = &lease_owner
+            && !crate::config::valid_lease_owner(owner)
+        {
+            self.error_hint(
+                "worker.lease-owner",
+                format!("{} is not 1 to 12 of a-z and 0-9", quote(owner)),
+                "use a short name such as \"w1\", different for every daemon on the mailbox",
+            );
+        }
         let work_dir = match raw.work_dir {
             Some(text) => self
                 .absolute_path("worker.work-dir", &text)
@@ -822,6 +853,9 @@ impl Checker<'_> {
             allowed_senders,
             plain_mail: raw.plain_mail.unwrap_or(false),
             shutdown_grace,
+            lease,
+            lease_owner,
+            claim_wait,
         }
     }
 

@@ -904,6 +904,8 @@ where
         failures: Mutex::new(std::collections::HashMap::new()),
         backoffs: Backoffs::new()?,
         health: super::status::Health::default(),
+        // NOTE: a dispatcher-only pipeline claims nothing.
+        book: super::lease::Book::default(),
     });
     let state = core.start_state().await?;
     core.prune();

@@ -13,7 +13,7 @@
 //! 3. Ids already marked processed are dropped; `Email/get` of **headers only** for the rest;
 //!    mail outside the Inbox-role mailbox (our Sent copies, the Junk folder) is skipped.
 //! 4. Screening, on headers: our own messages (by outbox Message-ID or From), Message-IDs seen
-//!    before, mail another daemon claimed (`$taskmail-claimed`, `$taskmail-done`), then
+//!    before, mail whose task is over elsewhere (`$taskmail-result`, `$taskmail-done`), then
 //!    [`crate::wire::classify()`]: invalid AAMP and unknown intents are logged and audited and
 //!    never become human replies; an ack, help request, result or cancel of a task this
 //!    account dispatched, or a person's reply in its thread, goes to the dispatcher side
@@ -27,11 +27,13 @@
 //!    admitting grant travels with the mail (`Take::grant`). Refused: audited, marked, no ack, no body fetched, and per
 //!    `trust.on-refused` silence or one neutral `rejected` result. Follow-ups (cancel, reply,
 //!    same-TaskId dispatch) must also come from the task's peer.
-//! 6. The claim: `$taskmail-claimed` with `ifInState` (compare-and-swap on the Email state); a
-//!    `stateMismatch` refreshes the state and looks at the mail again (claimed meanwhile: it
-//!    is someone else's). The claim is journalled in the store before it is made. A full
-//!    competing-consumer lease (expiry, renewal, takeover) replaces `Core::claim` later; it
-//!    keeps this call site.
+//! 6. The claim ([`super::lease`]): the worker-side takes of a chunk are claimed as one
+//!    batch (Fischer-style: read keywords, write the whole keyword set with our lease, wait
+//!    `worker.claim-wait`, read back), at most as many as there is room to run (the rest waits
+//!    in the backlog, unsettled). Mail another daemon leases is watched, not settled, and taken
+//!    over when its lease shows no change for the lease time; mail whose task is over
+//!    elsewhere (`$taskmail-result`, `$taskmail-done`) is settled as `done-elsewhere`. No
+//!    `ifInState`: new deliveries do not make claims fail.
 //! 7. `Email/get` with bodies for the claimed mail only; the body phase: the injection scan
 //!    ([`crate::trust::scan`]) over the subject and the body as plain text sets the trust level
 //!    and flags the agent will get; high risk moves the mail to `trust.quarantine-mailbox`
@@ -81,8 +83,6 @@ pub const BACKFILL_PAGES: usize = 20;
 const BACKFILL_MARGIN: TimeDelta = TimeDelta::minutes(10);
 /// How far back a back-fill reaches when no batch was ever saved.
 const BACKFILL_DEFAULT: TimeDelta = TimeDelta::days(1);
-/// Compare-and-swap attempts per claim.
-const CLAIM_TRIES: usize = 8;
 /// The gate rule of a follow-up from someone else than the task's peer.
 pub(crate) const NOT_TASK_PEER: &str = "not-task-peer";
 /// Failed routing passes before a mail is given up.
@@ -99,8 +99,6 @@ pub(crate) enum SyncError {
     Mail(#[from] JmapError),
     #[error("cannot update the task store")]
     Store(#[from] StoreError),
-    #[error("cannot claim email '{0}': the mailbox state keeps changing")]
-    Contention(String),
 }
 
 /// What a screened, admitted mail is for.
@@ -207,7 +205,12 @@ where
             }
         };
         let poll = core.settings.poll_interval;
+        // NOTE: mail other daemons lease is looked at again every quarter of the lease
+        // (their leases may expire without any change in the mailbox).
+        let sweep = (core.settings.lease / 4).max(std::time::Duration::from_millis(250));
         tokio::select! {
+            () = tokio::time::sleep(sweep), if core.worker => {}
+            () = core.book.room.notified(), if core.worker && core.has_backlog() => {}
             hint = hints.recv(), if hints_open => match hint {
                 Some(hint) => {
                     tracing::trace!(?hint, "hint");
@@ -248,12 +251,33 @@ where
             self.save_state(&state)?;
             return Ok(());
         };
+        let result = self.changes_since(&since).await;
+        if self.worker {
+            let mut expired = self.expired_watches();
+            expired.extend(self.take_backlog(self.room()));
+            let expired = self.worth_a_look(expired).await.map_err(|e| match e {
+                super::lease::LeaseError::Mail(e) => SyncError::Mail(e),
+                super::lease::LeaseError::Store(e) => SyncError::Store(e),
+            })?;
+            if !expired.is_empty() {
+                tracing::debug!(
+                    count = expired.len(),
+                    "looking again at leased mail that did not change for a lease time"
+                );
+                self.process(expired).await?;
+            }
+        }
+        result
+    }
+
+    async fn changes_since(&self, since: &str) -> Result<(), SyncError> {
+        let since = since.to_owned();
         match self.mail.changes(&since).await {
             Ok(changes) => {
+                self.saw_updates(&changes.updated);
                 if !changes.created.is_empty() {
                     tracing::debug!(created = changes.created.len(), since = %since, "changes");
-                    self.process(changes.created, Some(changes.new_state.clone()))
-                        .await?;
+                    self.process(changes.created).await?;
                 }
                 if changes.new_state != since {
                     self.save_state(&changes.new_state)?;
@@ -262,6 +286,7 @@ where
             }
             Err(error) if error.is_cannot_calculate_changes() => {
                 tracing::warn!(since = %since, "the server cannot calculate changes from the saved state; back-filling from the Inbox");
+                self.restart_watches();
                 self.backfill().await
             }
             Err(error) => Err(error.into()),
@@ -292,7 +317,7 @@ where
             let full = page.ids.len() >= BACKFILL_LIMIT;
             let last = page.ids.last().cloned();
             tracing::info!(page = page_number, ids = page.ids.len(), after = %after, "back-fill page");
-            self.process(page.ids, Some(page.state.clone())).await?;
+            self.process(page.ids).await?;
             if !full {
                 break;
             }
@@ -318,17 +343,28 @@ where
         Ok(())
     }
 
-    /// Steps 3 to 7 for `ids`; `state` is a recent Email state to start the claims from.
-    async fn process(&self, ids: Vec<String>, mut state: Option<String>) -> Result<(), SyncError> {
-        let fresh: Vec<String> = self.db.with(|s| {
-            let mut fresh = Vec::with_capacity(ids.len());
-            for id in ids {
-                if !s.is_processed(&self.key, &id)? {
-                    fresh.push(id);
+    /// Steps 3 to 7 for `ids`.
+    async fn process(&self, ids: Vec<String>) -> Result<(), SyncError> {
+        let fresh: Vec<String> = self
+            .db
+            .with(|s| {
+                let mut fresh = Vec::with_capacity(ids.len());
+                let mut settled = Vec::new();
+                for id in ids {
+                    if s.is_processed(&self.key, &id)? {
+                        settled.push(id);
+                    } else {
+                        fresh.push(id);
+                    }
                 }
-            }
-            Ok(fresh)
-        })?;
+                Ok((fresh, settled))
+            })
+            .map(|(fresh, settled): (Vec<String>, Vec<String>)| {
+                for id in &settled {
+                    self.unwatch(id);
+                }
+                fresh
+            })?;
         for chunk in fresh.chunks(GET_CHUNK) {
             let mut headers = self.mail.get_headers(chunk).await?;
             headers.sort_by(|a, b| (a.received_at, &a.id).cmp(&(b.received_at, &b.id)));
@@ -349,21 +385,37 @@ where
                     takes.push(take);
                 }
             }
+            // NOTE: mail for a task we dispatched is ours by the task in our store: no other
+            // daemon can route it, so it takes no claim (and no round trip). The rest is
+            // claimed as one batch (lease.rs: one write, one wait, one read-back).
+            let mut wanted: Vec<String> = takes
+                .iter()
+                .filter(|t| !matches!(t.what, What::ForDispatcher { .. }))
+                .map(|t| t.fetched.id.clone())
+                .collect();
+            // NOTE: claim no more than we have room to run: the rest waits in the backlog
+            // (not settled), so that other daemons on the mailbox take their share.
+            let later = wanted.split_off(self.room().min(wanted.len()));
+            self.defer(&later);
+            let (won, over) = self.claim_batch(&wanted).await.map_err(|e| match e {
+                super::lease::LeaseError::Mail(e) => SyncError::Mail(e),
+                super::lease::LeaseError::Store(e) => SyncError::Store(e),
+            })?;
             let mut claimed = Vec::with_capacity(takes.len());
             for take in takes {
-                // NOTE: mail for a task we dispatched is ours by the task in our store: no
-                // other daemon can route it, so it takes no claim (and no round trip).
-                let won = matches!(take.what, What::ForDispatcher { .. })
-                    || self
-                        .claim(&take.fetched, &mut state)
-                        .instrument(take.span.clone())
-                        .await?;
-                if won {
+                if matches!(take.what, What::ForDispatcher { .. }) || won.contains(&take.fetched.id)
+                {
                     claimed.push(take);
+                } else if later.contains(&take.fetched.id) {
+                    let _in = take.span.enter();
+                    tracing::debug!("no room to run it now; left for later");
+                } else if over.contains(&take.fetched.id) {
+                    let _in = take.span.enter();
+                    self.ignore(&take.fetched, "ignored:done-elsewhere", None)?;
                 } else {
                     let _in = take.span.enter();
-                    tracing::info!("taken by another daemon meanwhile; left alone");
-                    self.ignore(&take.fetched, "ignored:claimed-elsewhere", None)?;
+                    // NOTE: not settled: watched, and taken over if its holder goes silent.
+                    tracing::debug!("leased by another daemon; watching");
                 }
             }
             if claimed.is_empty() {
@@ -432,7 +484,7 @@ where
             count = ids.len(),
             "mail released from quarantine; processing it again"
         );
-        self.process(ids.clone(), None).await?;
+        self.process(ids.clone()).await?;
         let now = self.now();
         self.db.atomically(|s| {
             for id in &ids {
@@ -538,13 +590,7 @@ where
         )
         .await?;
         self.mail.move_to(&fetched.id, &mailbox.id).await?;
-        if let Err(error) = self
-            .mail
-            .set_keywords(&fetched.id, &[], &[CLAIMED], None)
-            .await
-        {
-            tracing::warn!(error = %crate::transport::smtp::error_chain(&error), "cannot drop the claim keyword of a quarantined mail");
-        }
+        self.release(&fetched.id).await;
         self.db.atomically(|s| {
             settle(
                 s,
@@ -712,11 +758,14 @@ where
             );
             return Ok(None);
         }
-        if fetched.keywords.contains(DONE) {
+        if super::lease::finished(&fetched.keywords) && !self.holds(&fetched.id) {
             self.ignore(&fetched, "ignored:done-elsewhere", None)?;
             return Ok(None);
         }
-        if fetched.keywords.contains(CLAIMED) && !journalled {
+        // NOTE: a claim without a lease keyword is from a daemon before leases; leased mail
+        // goes on to the claim step, which watches it or takes it over.
+        let leased = !super::lease::Lease::all(&fetched.keywords).is_empty();
+        if fetched.keywords.contains(CLAIMED) && !leased && !journalled {
             tracing::info!("claimed by another daemon; left alone");
             self.ignore(&fetched, "ignored:claimed-elsewhere", None)?;
             return Ok(None);
@@ -1067,67 +1116,6 @@ where
             },
         );
         Ok(())
-    }
-
-    /// Step 6: takes the mail with `$taskmail-claimed` and `ifInState`. False when another
-    /// daemon took it (or it is gone) meanwhile.
-    pub(crate) async fn claim(
-        &self,
-        fetched: &Fetched,
-        state: &mut Option<String>,
-    ) -> Result<bool, SyncError> {
-        if fetched.keywords.contains(CLAIMED) {
-            // NOTE: screening let it through, so the journal says the claim is ours: a crash
-            // came between the claim and the commit.
-            return Ok(true);
-        }
-        let now = self.now();
-        self.db
-            .with(|s| s.kv_set(&claim_key(&self.key, &fetched.id), &now.to_rfc3339(), now))?;
-        for _ in 0..CLAIM_TRIES {
-            let current = match state.clone() {
-                Some(state) => state,
-                None => self.mail.state().await?,
-            };
-            match self
-                .mail
-                .set_keywords(&fetched.id, &[CLAIMED], &[], Some(&current))
-                .await
-            {
-                Ok(outcome) => {
-                    *state = Some(outcome.new_state);
-                    return Ok(true);
-                }
-                Err(error) if error.is_state_mismatch() => {
-                    // NOTE: the state first, then the mail: a claim by someone else after this
-                    // read makes the next compare-and-swap fail again.
-                    let fresh = self.mail.state().await?;
-                    let again = self
-                        .mail
-                        .get_headers(std::slice::from_ref(&fetched.id))
-                        .await?;
-                    match again.first() {
-                        None => return Ok(false),
-                        Some(f) if f.keywords.contains(CLAIMED) || f.keywords.contains(DONE) => {
-                            return Ok(false);
-                        }
-                        Some(_) => *state = Some(fresh),
-                    }
-                }
-                Err(error) if error.is_not_found() => return Ok(false),
-                Err(error) => return Err(error.into()),
-            }
-        }
-        Err(SyncError::Contention(fetched.id.clone()))
-    }
-
-    /// Marks the task's mail `$taskmail-done` (best effort: the store is the record).
-    pub(crate) async fn mark_done(&self, emails: &[String]) {
-        for id in emails {
-            if let Err(error) = self.mail.set_keywords(id, &[DONE], &[], None).await {
-                tracing::warn!(email_id = %id, error = %crate::transport::smtp::error_chain(&error), "cannot mark the mail done");
-            }
-        }
     }
 }
 

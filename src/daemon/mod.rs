@@ -6,8 +6,8 @@
 //!
 //! - [`inbound`]: push hint or poll tick -> `Email/changes` since the persisted state (a
 //!   bounded `Email/query` back-fill when the server cannot calculate changes) -> headers of
-//!   Inbox mail -> [`crate::wire::classify()`] -> [`gate`] -> claim (`$taskmail-claimed`,
-//!   `ifInState`) -> bodies of admitted mail only -> route. The JMAP state is saved once the
+//!   Inbox mail -> [`crate::wire::classify()`] -> [`gate`] -> claim (a lease keyword, see
+//!   [`lease`]) -> bodies of admitted mail only -> route. The JMAP state is saved once the
 //!   batch is processed.
 //! - [`worker`]: routing (dispatch, cancel, follow-up dispatch, human reply, plain mail), the
 //!   run scheduler over [`queue::RunQueue`] and [`runner::Runner`], and crash recovery.
@@ -29,9 +29,11 @@
 //! - **Inbound**: every mail handled is marked in the store's `processed` table with its verdict
 //!   (by JMAP id, and found again by Message-ID), in the same transaction as what it caused. The
 //!   JMAP state is saved only after the batch, so a crash re-reads the batch and the marks
-//!   dedupe it. A mail another daemon has taken (`$taskmail-claimed` or `$taskmail-done`) is
-//!   left to it; our own claim is journalled locally before it is made, so a crash between
-//!   claim and commit does not make us mistake our claim for someone else's.
+//!   dedupe it. A mail another daemon leases is left to it while its lease lives, and taken over
+//!   after ([`lease`], README "Many workers, one mailbox"); our leases are recorded in the store,
+//!   so a restart with the same state dir knows its own. An ack or result of a leased mail is
+//!   marked in the mailbox (`$taskmail-acked`, `$taskmail-result`) before it is submitted and
+//!   never sent once the lease is lost: a task is re-run only if no result was sent.
 //! - **Runs**: a run starts only through the store's compare-and-set
 //!   ([`crate::store::Store::record_run_start`], `queued -> running`), so no task runs twice at
 //!   once, here or in a second daemon on the same store.
@@ -64,6 +66,7 @@ pub mod dispatcher;
 pub mod events;
 pub mod gate;
 pub mod inbound;
+pub mod lease;
 pub mod outbound;
 pub mod pairing;
 pub mod queue;
@@ -267,6 +270,10 @@ pub(crate) struct Settings {
     /// Gates and indexes ASMTP envelopes into the agent's mailbox (`None`: the account has
     /// no handle, envelopes are ignored).
     pub(crate) envelopes: Option<Arc<crate::mailbox::Ingestor>>,
+    /// `worker.lease`: how long our claims hold without renewal ([`lease`]).
+    pub(crate) lease: Duration,
+    /// `worker.claim-wait`: the claim protocol's delta ([`lease`]).
+    pub(crate) claim_wait: Duration,
 }
 
 impl Settings {
@@ -288,6 +295,8 @@ impl Settings {
             envelopes: crate::mailbox::Ingestor::from_config(config, &account.name)
                 .ok()
                 .map(Arc::new),
+            lease: worker.lease,
+            claim_wait: worker.claim_wait,
         }
     }
 }
@@ -351,6 +360,8 @@ pub(crate) struct Core<M, S, A> {
     pub(crate) backoffs: Backoffs,
     /// What the inbound loop and the outbox saw last ([`status::Health`]).
     pub(crate) health: status::Health,
+    /// The leases we hold and watch ([`lease`]).
+    pub(crate) book: lease::Book,
 }
 
 /// Retry delays of the daemon's loops.
@@ -461,6 +472,27 @@ pub(crate) fn log_trust(config: &Config) {
     }
 }
 
+/// The owner name of our leases: `worker.lease-owner`, else one made up at the first start and
+/// kept in the store (so a restart with the same state dir knows its own leases).
+fn lease_owner(
+    store: &Store,
+    account: &str,
+    configured: Option<&str>,
+) -> Result<String, StoreError> {
+    if let Some(owner) = configured {
+        return Ok(owner.to_owned());
+    }
+    let key = format!("lease-owner/{account}");
+    if let Some(owner) = store.kv_get(&key)?
+        && crate::config::valid_lease_owner(&owner)
+    {
+        return Ok(owner);
+    }
+    let owner = lease::random_owner();
+    store.kv_set(&key, &owner, crate::clock::now())?;
+    Ok(owner)
+}
+
 /// How often the store is pruned while the daemon runs (once at start, too).
 const PRUNE_EVERY: Duration = Duration::from_secs(6 * 3600);
 
@@ -515,6 +547,7 @@ where
     let signer = crate::trust::keys::signer(config, &name)?;
     let worker = config.worker();
     log_trust(config);
+    let owner = lease_owner(&store, &name, worker.lease_owner.as_deref())?;
     let core = Arc::new(Core {
         key: name.clone(),
         worker: true,
@@ -536,7 +569,9 @@ where
         failures: Mutex::new(std::collections::HashMap::new()),
         backoffs: Backoffs::new()?,
         health: status::Health::default(),
+        book: lease::Book::new(owner),
     });
+    core.load_leases()?;
     let state = core.start_state().await?;
     let recovered = core.recover()?;
     core.prune();
@@ -552,6 +587,7 @@ where
         Arc::clone(&core),
         push_status.clone(),
     ));
+    side.spawn(lease::keep(Arc::clone(&core)));
     if let Some(push_status) = push_status {
         side.spawn(status::record_push_status(
             core.db.clone(),

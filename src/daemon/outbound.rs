@@ -42,6 +42,8 @@ use crate::wire::thread;
 const BATCH: usize = 32;
 /// Pending outbox rows looked at per pass.
 const SCAN: usize = 512;
+/// Submissions in flight at once (the SMTP pool bounds the connections).
+const SENDERS: usize = 8;
 /// How often the outbox is looked at without a kick (retries that became due).
 const IDLE_PASS: Duration = Duration::from_secs(1);
 
@@ -330,16 +332,68 @@ where
     };
     let full = pending.len() == SCAN;
     let mut held: std::collections::HashSet<Option<TaskId>> = std::collections::HashSet::new();
-    let mut sent = 0;
+    let mut chosen = Vec::new();
     for item in pending.into_iter().filter(|item| item.account == core.key) {
         if item.task_id.is_some() && held.contains(&item.task_id) {
             continue;
         }
-        if item.next_attempt_at > now || sent >= BATCH {
+        if item.next_attempt_at > now || chosen.len() >= BATCH {
             held.insert(item.task_id.clone());
             continue;
         }
-        sent += 1;
+        chosen.push(item);
+    }
+    // NOTE: the lease guard (lease.rs, README "Many workers, one mailbox"): an ack or result
+    // of a leased mail is marked in the mailbox first, for the whole pass in one call; a lost
+    // lease means another daemon has the task: never sent.
+    let guards = lease_guards(core, &chosen).await;
+    let finished: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
+    let sent = std::sync::atomic::AtomicUsize::new(0);
+    // NOTE: one group per task (its messages in order; a held message holds the rest of its
+    // task), the groups submitted concurrently over the connection pool.
+    let mut groups: Vec<Vec<crate::store::OutboxItem>> = Vec::new();
+    for item in chosen {
+        match groups
+            .iter_mut()
+            .find(|g| item.task_id.is_some() && g[0].task_id == item.task_id)
+        {
+            Some(group) => group.push(item),
+            None => groups.push(vec![item]),
+        }
+    }
+    let work = groups.into_iter().map(|group| {
+        let guards = &guards;
+        let finished = &finished;
+        let sent = &sent;
+        async move {
+    for item in group {
+        let mut hold = false;
+        sent.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        match guards.get(&item.message_id) {
+            Some(super::lease::Guard::Superseded(why)) => {
+                tracing::info!(message_id = %item.message_id, reason = %why, "not sent: another daemon holds the task");
+                let now = core.now();
+                if let Err(error) = core.db.with(|s| {
+                    s.outbox_mark_failed(&item.message_id, &format!("superseded: {why}"), true, now)
+                }) {
+                    tracing::error!(error = %crate::transport::smtp::error_chain(&error), "cannot record a superseded message");
+                }
+                continue;
+            }
+            Some(super::lease::Guard::Wait(why)) => {
+                tracing::debug!(message_id = %item.message_id, reason = %why, "not sent yet: the lease is being confirmed");
+                let next = core.now() + chrono::TimeDelta::milliseconds(250);
+                if let Err(error) = core
+                    .db
+                    .with(|s| s.outbox_mark_failed(&item.message_id, why, false, next))
+                {
+                    tracing::error!(error = %crate::transport::smtp::error_chain(&error), "cannot record a held message");
+                }
+                // NOTE: the rest of this task's messages wait too (order within a task).
+                break;
+            }
+            Some(super::lease::Guard::Send) | None => {}
+        }
         let envelope = SmtpEnvelope::new(item.smtp_from.clone(), item.rcpt_to.clone());
         let span = tracing::info_span!(
             "send",
@@ -362,10 +416,18 @@ where
                         task_id: item.task_id.clone(),
                     },
                 );
+                if item.intent == "task.result"
+                    && let Some(task_id) = &item.task_id
+                {
+                    finished
+                        .lock()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner)
+                        .extend(task_emails(core, task_id));
+                }
                 core.db.with(|s| s.outbox_mark_sent(&item.message_id, now))
             }
             Err(error) if error.is_transient() || error.is_auth() => {
-                held.insert(item.task_id.clone());
+                hold = true;
                 let delay = backoff.delay(item.attempts);
                 let text = crate::transport::smtp::error_chain(&error);
                 if error.is_auth() {
@@ -408,8 +470,100 @@ where
         if let Err(error) = recorded {
             tracing::error!(parent: &span, error = %crate::transport::smtp::error_chain(&error), "cannot record the outcome of a submission");
         }
+        if hold {
+            break;
+        }
     }
+        }
+    });
+    futures_util::StreamExt::collect::<Vec<()>>(futures_util::StreamExt::buffer_unordered(
+        futures_util::stream::iter(work),
+        SENDERS,
+    ))
+    .await;
+    let finished = finished
+        .into_inner()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    core.mark_done(&finished).await;
+    let sent = sent.into_inner();
     sent > 0 && (full || sent >= BATCH)
+}
+
+/// The JMAP ids of a task's mails (empty when unknown).
+fn task_emails<M, S, A>(core: &Core<M, S, A>, task_id: &TaskId) -> Vec<String>
+where
+    M: MailStore + 'static,
+    S: Submit + 'static,
+    A: Execute + 'static,
+{
+    core.db
+        .with(|s| super::context::load(s, &core.key, task_id))
+        .map(|ctx| ctx.emails)
+        .unwrap_or_default()
+}
+
+/// The lease verdict of each ack and result in `items`, by Message-ID (lease.rs `guard`): the
+/// worst verdict over the task's mails. A mailbox that cannot be reached holds them.
+async fn lease_guards<M, S, A>(
+    core: &Core<M, S, A>,
+    items: &[crate::store::OutboxItem],
+) -> std::collections::HashMap<String, super::lease::Guard>
+where
+    M: MailStore + 'static,
+    S: Submit + 'static,
+    A: Execute + 'static,
+{
+    use super::lease::{ACKED, Guard, RESULT};
+    let mut per_item: Vec<(String, &'static str, Vec<String>)> = Vec::new();
+    for item in items {
+        let mark = match item.intent.as_str() {
+            "task.ack" => ACKED,
+            "task.result" => RESULT,
+            _ => continue,
+        };
+        let Some(task_id) = &item.task_id else {
+            continue;
+        };
+        let emails: Vec<String> = task_emails(core, task_id)
+            .into_iter()
+            .filter(|id| core.holds_any(id))
+            .collect();
+        if !emails.is_empty() {
+            per_item.push((item.message_id.clone(), mark, emails));
+        }
+    }
+    let mut verdicts = std::collections::HashMap::new();
+    if per_item.is_empty() {
+        return verdicts;
+    }
+    let wants: Vec<(String, &'static str)> = per_item
+        .iter()
+        .flat_map(|(_, mark, emails)| emails.iter().map(|id| (id.clone(), *mark)))
+        .collect::<std::collections::BTreeSet<_>>()
+        .into_iter()
+        .collect();
+    let answers = match core.guard(&wants).await {
+        Ok(answers) => answers,
+        Err(error) => {
+            let why = crate::transport::smtp::error_chain(&error);
+            for (message_id, _, _) in per_item {
+                verdicts.insert(message_id, Guard::Wait(why.clone()));
+            }
+            return verdicts;
+        }
+    };
+    for (message_id, mark, emails) in per_item {
+        let mut verdict = Guard::Send;
+        for id in emails {
+            match answers.get(&(id, mark)) {
+                Some(g @ Guard::Superseded(_)) => verdict = g.clone(),
+                Some(g @ Guard::Wait(_)) if verdict == Guard::Send => verdict = g.clone(),
+                _ => {}
+            }
+        }
+        verdicts.insert(message_id, verdict);
+    }
+    verdicts
 }
 
 #[cfg(test)]

@@ -79,8 +79,10 @@ struct Committed {
     events: Vec<EventKind>,
     /// Push this task on the run queue.
     queue: Option<(TaskId, Priority, Option<DateTime<Utc>>)>,
-    /// Mark these mails `$taskmail-done`.
+    /// Mark these mails `$taskmail-done` (after the task's result is sent, when it has one).
     done: Vec<String>,
+    /// The task of `done`.
+    task: Option<TaskId>,
     /// Something went into the outbox.
     sent: bool,
 }
@@ -261,6 +263,7 @@ where
                             error: Some(error.to_owned()),
                         });
                         done.done = ctx.emails.clone();
+                        done.task = Some(task.task_id.clone());
                         done.sent = true;
                     }
                 } else {
@@ -361,6 +364,33 @@ where
     }
 
     /// Step 7 of the inbound pipeline: one admitted mail, with its body.
+    /// The end of a task's mail: `$taskmail-done` now, or, when its result still waits in
+    /// the outbox, once the outbox sent it (README "Many workers, one mailbox": the result
+    /// mark first, then the submission, then done).
+    async fn mark_settled(&self, task: Option<&TaskId>, emails: &[String]) {
+        let waiting = task.is_some_and(|task| {
+            self.db
+                .with(|s| s.outbox_result_pending(&self.key, task.as_str()))
+                .unwrap_or(false)
+        });
+        if !waiting {
+            self.mark_done(emails).await;
+            return;
+        }
+        // NOTE: the result mark at once (the outbox checks it again before it submits): a
+        // crash from here on never makes another daemon run the task again.
+        let wants: Vec<(String, &'static str)> = emails
+            .iter()
+            .filter(|id| self.holds(id))
+            .map(|id| (id.clone(), super::lease::RESULT))
+            .collect();
+        if !wants.is_empty()
+            && let Err(error) = self.guard(&wants).await
+        {
+            tracing::debug!(error = %crate::transport::smtp::error_chain(&error), "cannot set the result mark yet; the outbox will");
+        }
+    }
+
     pub(crate) async fn route(&self, take: Take) -> Result<(), SyncError> {
         // NOTE: screening ran for the whole batch before any of it was routed: a second copy
         // of the same mail in the same batch is caught here.
@@ -406,9 +436,10 @@ where
         };
         if let Some(committed) = committed {
             let done = committed.done.clone();
+            let task = committed.task.clone();
             self.report(committed);
             if !done.is_empty() {
-                self.mark_done(&done).await;
+                self.mark_settled(task.as_ref(), &done).await;
             }
         }
         Ok(())
@@ -599,6 +630,7 @@ where
                     error: Some("expired".to_owned()),
                 });
                 done.done = ctx.emails.clone();
+                done.task = Some(task_id.clone());
                 done.sent = true;
             } else {
                 s.transition(
@@ -819,6 +851,7 @@ where
                     done.sent = true;
                 }
                 done.done = ctx.emails.clone();
+                done.task = Some(task_id.clone());
             }
             context::save(s, &self.key, task_id, &ctx, now)?;
             settle(
@@ -850,6 +883,7 @@ where
         async {
             self.run_once(&task_id, cancel).await;
             drop(guard);
+            self.book.room.notify_one();
             // NOTE: an answer that came while the run was finishing found the task still
             // running in the queue; queue it now.
             match self.db.with(|s| s.get_task(&self.key, &task_id, Role::Worker)) {
@@ -869,6 +903,30 @@ where
 
     async fn run_once(&self, task_id: &TaskId, cancel: CancelSignal) {
         if !self.still_admitted(task_id) {
+            return;
+        }
+        // NOTE: many daemons on one mailbox (lease.rs): a task whose mail another daemon took
+        // over never runs here; after a restart the run waits until our lease is confirmed.
+        let emails = self
+            .db
+            .with(|s| context::load(s, &self.key, task_id))
+            .map(|ctx| ctx.emails)
+            .unwrap_or_default();
+        if !self.may_run(&emails).await {
+            tracing::warn!("another daemon holds this task's mail now: not run here");
+            let now = self.now();
+            if let Err(error) = self.db.with(|s| {
+                s.transition(
+                    &self.key,
+                    task_id,
+                    Role::Worker,
+                    &[TaskState::Queued],
+                    TaskState::Cancelled,
+                    now,
+                )
+            }) {
+                tracing::error!(error = %crate::transport::smtp::error_chain(&error), "cannot record a task taken over");
+            }
             return;
         }
         let now = self.now();
@@ -994,6 +1052,7 @@ where
                         error: result.error_msg.clone(),
                     });
                     done.done = ctx.emails.clone();
+                    done.task = Some(task_id.clone());
                 }
                 RunOutcome::HelpNeeded {
                     question,
@@ -1042,6 +1101,7 @@ where
                     }
                     ctx.close_run(Turn::new(&us, "task.result", "cancelled"));
                     done.done = ctx.emails.clone();
+                    done.task = Some(task_id.clone());
                 }
             }
             done.sent = true;
@@ -1052,9 +1112,10 @@ where
             Ok(Some(committed)) => {
                 tracing::info!(outcome = kind, "run finished");
                 let done = committed.done.clone();
+                let task = committed.task.clone();
                 self.report(committed);
                 if !done.is_empty() {
-                    self.mark_done(&done).await;
+                    self.mark_settled(task.as_ref(), &done).await;
                 }
             }
             Ok(None) => {
@@ -1100,6 +1161,7 @@ where
                     error: Some("expired".to_owned()),
                 }],
                 done: ctx.emails.clone(),
+                task: Some(task_id.clone()),
                 sent: true,
                 queue: None,
             }))
@@ -1108,8 +1170,9 @@ where
             Ok(Some(committed)) => {
                 tracing::info!(task_id = %task_id, "expired in the queue: rejected, never run");
                 let done = committed.done.clone();
+                let task = committed.task.clone();
                 self.report(committed);
-                self.mark_done(&done).await;
+                self.mark_settled(task.as_ref(), &done).await;
             }
             Ok(None) => {}
             Err(error) => {

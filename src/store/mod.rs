@@ -310,6 +310,21 @@ impl Store {
             .map_err(sql("remove a daemon fact"))
     }
 
+    /// Every daemon fact whose key starts with `prefix`, by key.
+    pub fn kv_with_prefix(&self, prefix: &str) -> Result<Vec<(String, String)>, StoreError> {
+        let mut stmt = self
+            .conn
+            .prepare("SELECT key, value FROM kv WHERE substr(key, 1, length(?1)) = ?1 ORDER BY key")
+            .map_err(sql("list daemon facts"))?;
+        let rows = stmt
+            .query_map([prefix], |row| {
+                Ok((row.get::<_, String>(0)?, row.get::<_, String>(1)?))
+            })
+            .map_err(sql("list daemon facts"))?;
+        rows.collect::<Result<Vec<_>, _>>()
+            .map_err(sql("list daemon facts"))
+    }
+
     // ---- doctor and retention --------------------------------------------------------------
 
     /// Row counts per table and the file size.

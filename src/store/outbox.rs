@@ -254,6 +254,18 @@ impl Store {
             .map_err(sql("read the outbox backlog"))
     }
 
+    /// Whether a `task.result` of `task_id` waits in the outbox (pending) for `account`.
+    pub fn outbox_result_pending(&self, account: &str, task_id: &str) -> Result<bool, StoreError> {
+        self.conn
+            .query_row(
+                "SELECT EXISTS(SELECT 1 FROM outbox WHERE status = 'pending' AND account = ?1
+                     AND task_id = ?2 AND intent = 'task.result')",
+                params![account, task_id],
+                |row| row.get::<_, bool>(0),
+            )
+            .map_err(sql("read the outbox"))
+    }
+
     /// The outbox row for a Message-ID, in any status.
     pub fn outbox_get(&self, message_id: &str) -> Result<Option<OutboxItem>, StoreError> {
         self.conn

@@ -33,7 +33,7 @@ use reqwest::{StatusCode, Url, header};
 use serde_json::{Map, Value, json};
 
 use super::smtp::Cause;
-use super::{Backfill, Changes, Fetched, MailStore, MailboxInfo, SetOutcome};
+use super::{Backfill, Changes, Fetched, KeywordWrite, MailStore, MailboxInfo, SetOutcome};
 use crate::config::{Account, SecretError};
 use crate::wire::message::Inbound;
 use crate::wire::{aamp, asmtp};
@@ -1097,6 +1097,103 @@ impl MailStore for JmapClient {
             patch.insert(format!("keywords/{}", checked_keyword(keyword)?), value);
         }
         self.email_set(id, Value::Object(patch), if_in_state).await
+    }
+
+    async fn get_keywords(
+        &self,
+        ids: &[String],
+    ) -> Result<Vec<(String, BTreeSet<String>)>, JmapError> {
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let answer = self
+            .call(
+                "Email/get",
+                json!({ "ids": ids, "properties": ["id", "keywords"] }),
+            )
+            .await?;
+        Ok(answer
+            .get("list")
+            .and_then(Value::as_array)
+            .map(|list| {
+                list.iter()
+                    .filter_map(|email| {
+                        let id = email.get("id")?.as_str()?.to_owned();
+                        let keywords = email
+                            .get("keywords")
+                            .and_then(Value::as_object)
+                            .map(|k| {
+                                k.iter()
+                                    .filter(|(_, v)| v.as_bool() == Some(true))
+                                    .map(|(k, _)| k.to_ascii_lowercase())
+                                    .collect()
+                            })
+                            .unwrap_or_default();
+                        Some((id, keywords))
+                    })
+                    .collect()
+            })
+            .unwrap_or_default())
+    }
+
+    async fn write_keywords(
+        &self,
+        writes: &[(String, KeywordWrite)],
+    ) -> Result<Vec<Result<(), JmapError>>, JmapError> {
+        if writes.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut update = Map::new();
+        for (id, write) in writes {
+            let patch = match write {
+                KeywordWrite::Replace(keywords) => {
+                    let mut set = Map::new();
+                    for keyword in keywords {
+                        set.insert(checked_keyword(keyword)?, json!(true));
+                    }
+                    json!({ "keywords": set })
+                }
+                KeywordWrite::Patch { add, remove } => {
+                    let mut patch = Map::new();
+                    for keyword in add {
+                        patch.insert(
+                            format!("keywords/{}", checked_keyword(keyword)?),
+                            json!(true),
+                        );
+                    }
+                    for keyword in remove {
+                        patch.insert(
+                            format!("keywords/{}", checked_keyword(keyword)?),
+                            Value::Null,
+                        );
+                    }
+                    Value::Object(patch)
+                }
+            };
+            update.insert(id.clone(), patch);
+        }
+        let answer = self.call("Email/set", json!({ "update": update })).await?;
+        let updated = answer.get("updated").and_then(Value::as_object);
+        let not_updated = answer.get("notUpdated").and_then(Value::as_object);
+        Ok(writes
+            .iter()
+            .map(|(id, _)| {
+                if let Some(error) = not_updated.and_then(|n| n.get(id)) {
+                    return Err(set_failed(id, Some(error), "unknown"));
+                }
+                if updated.is_some_and(|u| u.contains_key(id)) {
+                    Ok(())
+                } else {
+                    Err(JmapError::SetFailed {
+                        id: id.clone(),
+                        kind: "notFound".to_owned(),
+                        description: Some(
+                            "the server answered neither updated nor notUpdated".to_owned(),
+                        ),
+                    })
+                }
+            })
+            .collect())
     }
 
     async fn inbox_id(&self) -> Result<String, JmapError> {

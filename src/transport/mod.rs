@@ -142,6 +142,20 @@ pub struct MailboxInfo {
     pub role: Option<String>,
 }
 
+/// One email's keyword update in [`MailStore::write_keywords`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum KeywordWrite {
+    /// The whole keyword set becomes this one.
+    Replace(BTreeSet<String>),
+    /// These keywords are added and those removed; the others stay.
+    Patch {
+        /// Keywords to set.
+        add: Vec<String>,
+        /// Keywords to clear.
+        remove: Vec<String>,
+    },
+}
+
 /// The inbox: JMAP Mail, JSON in and [`Inbound`] out.
 pub trait MailStore: Send + Sync {
     /// The current Email state.
@@ -185,6 +199,22 @@ pub trait MailStore: Send + Sync {
         remove: &[&str],
         if_in_state: Option<&str>,
     ) -> impl Future<Output = Result<SetOutcome, JmapError>> + Send;
+
+    /// The keywords of `ids` (lowercase), in one `Email/get` of `id` and `keywords` only: the
+    /// cheap read of the claim protocol. Ids that no longer exist are left out.
+    fn get_keywords(
+        &self,
+        ids: &[String],
+    ) -> impl Future<Output = Result<Vec<(String, BTreeSet<String>)>, JmapError>> + Send;
+
+    /// Updates the keywords of many emails in one `Email/set`, never guarded by a state:
+    /// [`KeywordWrite::Replace`] writes the whole set (the last writer wins, whatever was
+    /// there), [`KeywordWrite::Patch`] adds and removes single keywords. One outcome per id,
+    /// in order.
+    fn write_keywords(
+        &self,
+        writes: &[(String, KeywordWrite)],
+    ) -> impl Future<Output = Result<Vec<Result<(), JmapError>>, JmapError>> + Send;
 
     /// The id of the mailbox with role `inbox`.
     fn inbox_id(&self) -> impl Future<Output = Result<String, JmapError>> + Send;

@@ -10,8 +10,8 @@ use chrono::{DateTime, Utc};
 
 use super::jmap::{Merge, checked_keyword};
 use super::{
-    Backfill, Changes, Fetched, JmapError, MailStore, MailboxInfo, SendError, SetOutcome,
-    SmtpEnvelope, Submit,
+    Backfill, Changes, Fetched, JmapError, KeywordWrite, MailStore, MailboxInfo, SendError,
+    SetOutcome, SmtpEnvelope, Submit,
 };
 use crate::wire::message::{Inbound, MessageError};
 
@@ -438,6 +438,53 @@ impl MailStore for MemoryStore {
                 email.keywords.remove(k);
             }
         })
+    }
+
+    async fn get_keywords(
+        &self,
+        ids: &[String],
+    ) -> Result<Vec<(String, BTreeSet<String>)>, JmapError> {
+        let inner = self.begin()?;
+        Ok(ids
+            .iter()
+            .filter_map(|id| Some((id.clone(), inner.emails.get(id)?.keywords.clone())))
+            .collect())
+    }
+
+    async fn write_keywords(
+        &self,
+        writes: &[(String, KeywordWrite)],
+    ) -> Result<Vec<Result<(), JmapError>>, JmapError> {
+        let mut outcomes = Vec::with_capacity(writes.len());
+        for (id, write) in writes {
+            let checked = |keywords: &[String]| {
+                keywords
+                    .iter()
+                    .map(|k| checked_keyword(k))
+                    .collect::<Result<Vec<_>, _>>()
+            };
+            let outcome = match write {
+                KeywordWrite::Replace(keywords) => {
+                    let all: Vec<String> = keywords.iter().cloned().collect();
+                    let keywords = checked(&all)?;
+                    self.update(id, None, |email| {
+                        email.keywords = keywords.into_iter().collect();
+                    })
+                }
+                KeywordWrite::Patch { add, remove } => {
+                    let add = checked(add)?;
+                    let remove = checked(remove)?;
+                    self.update(id, None, |email| {
+                        email.keywords.extend(add);
+                        for k in &remove {
+                            email.keywords.remove(k);
+                        }
+                    })
+                }
+            };
+            outcomes.push(outcome.map(|_| ()));
+        }
+        Ok(outcomes)
     }
 
     async fn inbox_id(&self) -> Result<String, JmapError> {
