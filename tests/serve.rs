@@ -304,6 +304,28 @@ async fn chunked_post(base: &str, path: &str, token: &str, chunks: usize, size: 
     String::from_utf8_lossy(&out).into_owned()
 }
 
+/// The next WebSocket event of `kind` whose `field` is `id`, within [`DELIVERY`]; other
+/// events are skipped.
+async fn next_event<S>(label: &str, ws: &mut S, kind: &str, field: &str, id: &str) -> Value
+where
+    S: futures_util::Stream<Item = Result<Message, tokio_tungstenite::tungstenite::Error>> + Unpin,
+{
+    tokio::time::timeout(DELIVERY, async {
+        while let Some(msg) = ws.next().await {
+            if let Ok(Message::Text(text)) = msg {
+                let v: Value = serde_json::from_str(&text).unwrap();
+                if v["type"] == json!(kind) && v[field] == json!(id) {
+                    return Some(v);
+                }
+            }
+        }
+        None
+    })
+    .await
+    .unwrap_or_else(|_| panic!("{label}: no {kind} within {DELIVERY:?}"))
+    .unwrap_or_else(|| panic!("{label}: the WebSocket closed"))
+}
+
 fn new_id() -> String {
     ulid::Ulid::new().to_string()
 }
@@ -644,20 +666,7 @@ async fn websocket_frames_arrive_live() {
         assert_eq!(sent.status, StatusCode::ACCEPTED, "{l}: {sent:?}");
         let mut cursor = None;
         for ws in [&mut header_ws, &mut query_ws] {
-            let frame = tokio::time::timeout(DELIVERY, async {
-                while let Some(msg) = ws.next().await {
-                    if let Ok(Message::Text(text)) = msg {
-                        let v: Value = serde_json::from_str(&text).unwrap();
-                        if v["type"] == json!("envelope.notify") && v["id"] == json!(id) {
-                            return Some(v);
-                        }
-                    }
-                }
-                None
-            })
-            .await
-            .unwrap_or_else(|_| panic!("{l}: no envelope.notify within {DELIVERY:?}"))
-            .unwrap_or_else(|| panic!("{l}: the WebSocket closed"));
+            let frame = next_event(&l, ws, "envelope.notify", "id", &id).await;
             assert_eq!(frame["from"], json!(ALPHA));
             assert_eq!(frame["to"], json!([BETA]));
             assert_eq!(frame["subject"], json!(format!("live {token}")));
@@ -922,20 +931,7 @@ async fn monitor_facts_reach_the_senders_websocket() {
         let sent = api.post("/messages", ALPHA_TOKEN, &body).await;
         assert_eq!(sent.status, StatusCode::ACCEPTED, "{l}: {sent:?}");
         let started = Instant::now();
-        let fact = tokio::time::timeout(DELIVERY, async {
-            while let Some(msg) = sender_ws.next().await {
-                if let Ok(Message::Text(text)) = msg {
-                    let v: Value = serde_json::from_str(&text).unwrap();
-                    if v["type"] == json!("monitor.fact") && v["envelope_id"] == json!(id) {
-                        return Some(v);
-                    }
-                }
-            }
-            None
-        })
-        .await
-        .unwrap_or_else(|_| panic!("{l}: no monitor.fact within {DELIVERY:?}"))
-        .unwrap_or_else(|| panic!("{l}: the WebSocket closed"));
+        let fact = next_event(&l, &mut sender_ws, "monitor.fact", "envelope_id", &id).await;
         eprintln!(
             "{l}: send -> monitor.fact on the WebSocket in {} ms",
             started.elapsed().as_millis()
