@@ -59,6 +59,9 @@ use crate::wire::message::Attachment;
 pub(crate) const SEND_PATIENCE: Duration = Duration::from_secs(30);
 /// How often a waiter reads the store.
 const POLL: Duration = Duration::from_millis(200);
+/// How long a result that arrived before its task's ack waits for the ack (mail is not
+/// ordered); the result is shown after it either way.
+const ACK_GRACE: Duration = Duration::from_secs(2);
 /// How often a follower tries to take the pipeline over.
 const TAKEOVER_EVERY: Duration = Duration::from_secs(2);
 
@@ -478,6 +481,7 @@ impl Session<'_> {
         let mut sent_seen = matches!(pipeline, Pipeline::Ours { .. });
         let mut last_error: Option<String> = None;
         let mut pipeline_done = false;
+        let mut ack_grace: Option<Instant> = None;
         let task_id = queued.task_id.clone();
         let result = loop {
             let Some(task) = self
@@ -506,10 +510,22 @@ impl Session<'_> {
                 }
             }
             let record = dispatcher::load_record(self.store, self.key(), &task_id)?;
-            self.show_new(&task, &record, &mut shown);
-            if let Some(outcome) = Outcome::of(task.state) {
-                self.show_outcome(&task, &record, outcome);
-                break Ok(Exit::from_code(outcome.exit_code()));
+            // NOTE: mail is not ordered: an ack and a result submitted a few milliseconds apart
+            // can arrive result first (Postfix delivers them in parallel). Give the ack a short
+            // grace while the pipeline runs, so the timeline shows it before the result.
+            let ack_in_flight = matches!(task.state, TaskState::Completed | TaskState::Rejected)
+                && !record.messages.iter().any(|m| m.intent == "task.ack");
+            if ack_in_flight && ack_grace.is_none() {
+                ack_grace = Some(Instant::now() + ACK_GRACE);
+            }
+            let waiting_for_ack =
+                ack_in_flight && ack_grace.is_some_and(|until| Instant::now() < until);
+            if !waiting_for_ack {
+                self.show_new(&task, &record, &mut shown);
+                if let Some(outcome) = Outcome::of(task.state) {
+                    self.show_outcome(&task, &record, outcome);
+                    break Ok(Exit::from_code(outcome.exit_code()));
+                }
             }
             if dispatcher::expire_if_due(self.store, self.key(), &task, crate::clock::now())? {
                 continue;

@@ -709,7 +709,11 @@ where
                 continue;
             };
             if keywords.contains(DONE) {
-                self.forget(&id);
+                // NOTE: we still hold it, so we did not finish it (`mark_done` forgets what it
+                // marks): another daemon took it over and answered. Forgetting it would let
+                // our own pending ack or result through `guard` (no entry = not ours to
+                // check); losing it supersedes them.
+                self.lose(&id, "another daemon finished the task");
                 continue;
             }
             let leases = Lease::all(keywords);
