@@ -911,7 +911,9 @@ async fn the_serve_verb_starts_answers_and_stops() {
 
 /// A send with a monitor: the sender's WebSocket hears `monitor.fact` `stored` for the
 /// recipient (from the server's delivery report, read by the follow loop's sync), and
-/// `GET /monitor` serves the same persisted fact afterwards.
+/// `GET /monitor` serves the same persisted fact afterwards. The sender is beta (worker2@):
+/// alpha's Inbox (dispatcher@) holds thousands of mails by this point of a full run, and a new
+/// mailbox's first sync back-fills the oldest 1,000 of the window before it follows changes.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn monitor_facts_reach_the_senders_websocket() {
     on_every_server(|server| async move {
@@ -921,14 +923,14 @@ async fn monitor_facts_reach_the_senders_websocket() {
         api.pair_up().await;
         let ws_base = api.base.replacen("http://", "ws://", 1);
         let (mut sender_ws, _) =
-            tokio_tungstenite::connect_async(format!("{ws_base}/connect?token={ALPHA_TOKEN}"))
+            tokio_tungstenite::connect_async(format!("{ws_base}/connect?token={BETA_TOKEN}"))
                 .await
                 .unwrap();
         let id = new_id();
         let monitor = format!("mon_{}", token.replace('-', "_"));
-        let mut body = envelope(&id, BETA, &format!("monitored {token}"), "watch me");
+        let mut body = envelope(&id, ALPHA, &format!("monitored {token}"), "watch me");
         body["monitor"] = json!(monitor);
-        let sent = api.post("/messages", ALPHA_TOKEN, &body).await;
+        let sent = api.post("/messages", BETA_TOKEN, &body).await;
         assert_eq!(sent.status, StatusCode::ACCEPTED, "{l}: {sent:?}");
         let started = Instant::now();
         let fact = next_event(&l, &mut sender_ws, "monitor.fact", "envelope_id", &id).await;
@@ -937,10 +939,10 @@ async fn monitor_facts_reach_the_senders_websocket() {
             started.elapsed().as_millis()
         );
         assert_eq!(fact["fact"], json!("stored"), "{l}: {fact}");
-        assert_eq!(fact["recipient_handle"], json!(BETA), "{l}: {fact}");
+        assert_eq!(fact["recipient_handle"], json!(ALPHA), "{l}: {fact}");
         assert_eq!(fact["monitor"], json!(monitor), "{l}: {fact}");
         let listed = api
-            .get(&format!("/monitor?envelope_id={id}"), ALPHA_TOKEN)
+            .get(&format!("/monitor?envelope_id={id}"), BETA_TOKEN)
             .await;
         assert_eq!(listed.status, StatusCode::OK, "{l}: {listed:?}");
         let facts = listed.body["facts"].as_array().unwrap();
