@@ -183,22 +183,7 @@ pub fn xtext(value: &str) -> String {
 
 /// Undoes [`xtext`]; a malformed `+` escape is kept as it is.
 pub fn xtext_decode(value: &str) -> String {
-    let bytes = value.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'+'
-            && let Some(hex) = value.get(i + 1..i + 3)
-            && let Ok(b) = u8::from_str_radix(hex, 16)
-        {
-            out.push(b);
-            i += 3;
-            continue;
-        }
-        out.push(bytes[i]);
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
+    super::decode_hex_escapes(value, b'+')
 }
 
 /// Reads a whole message; `Some` when it is a delivery report with at least one recipient

@@ -19,3 +19,24 @@ pub mod reply;
 pub mod thread;
 
 pub use classify::{Classified, classify};
+
+/// Decodes `<marker>XX` hex escapes (`%XX` in URLs, `+XX` in RFC 3461 xtext) into bytes, then
+/// the bytes as UTF-8 (lossy). A malformed escape stays as it is.
+pub(crate) fn decode_hex_escapes(text: &str, marker: u8) -> String {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == marker
+            && let Some(hex) = text.get(i + 1..i + 3)
+            && let Ok(b) = u8::from_str_radix(hex, 16)
+        {
+            out.push(b);
+            i += 3;
+            continue;
+        }
+        out.push(bytes[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
