@@ -34,27 +34,10 @@ const WAIT: Duration = Duration::from_secs(60);
 
 /// The test config: three agents on `server`, state under `dir`.
 fn config_text(server: &Server, dir: &Path) -> String {
-    let poll = if support::daemon::pushes(server) {
-        "30s"
-    } else {
-        "250ms"
-    };
     let account = |name: &str, user: &str, default: bool| {
         format!(
-            r#"
-[accounts.{name}]
-default = {default}
-email = "{user}@{domain}"
-handle = "@t.{user}"
-password = {{ raw = "{password}" }}
-smtp = {{ host = "{host}", port = {port}, tls = "plaintext", allow-plaintext = true, pool-size = 2, timeout = "15s" }}
-jmap = {{ session-url = "{session}", poll-interval = "{poll}" }}
-"#,
-            domain = server.domain,
-            password = server.password,
-            host = server.smtp_host,
-            port = server.submission_port,
-            session = server.jmap_session_url,
+            "{}default = {default}\n",
+            support::daemon::handle_account_toml(server, name, user, &format!("@t.{user}"))
         )
     };
     format!(

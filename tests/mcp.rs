@@ -63,22 +63,10 @@ fn python() -> PathBuf {
 
 /// The config of the MCP server: dispatcher@ of `server`, state under `dir`.
 fn dispatcher_config(server: &Server, dir: &Path) -> PathBuf {
-    let poll = if support::daemon::pushes(server) {
-        "30s"
-    } else {
-        "250ms"
-    };
     let text = format!(
         r#"
 state-dir = "{dir}/state"
-
-[accounts.dispatcher]
-email = "dispatcher@{domain}"
-handle = "@acme.dispatcher"
-password = {{ raw = "{password}" }}
-smtp = {{ host = "{host}", port = {port}, tls = "plaintext", allow-plaintext = true, pool-size = 2, timeout = "15s" }}
-jmap = {{ session-url = "{session}", poll-interval = "{poll}" }}
-
+{account}
 [dispatcher]
 account = "dispatcher"
 default-timeout = "2m"
@@ -87,11 +75,12 @@ default-timeout = "2m"
 require-authentication = false
 "#,
         dir = dir.display(),
-        domain = server.domain,
-        password = server.password,
-        host = server.smtp_host,
-        port = server.submission_port,
-        session = server.jmap_session_url,
+        account = support::daemon::handle_account_toml(
+            server,
+            "dispatcher",
+            "dispatcher",
+            "@acme.dispatcher"
+        ),
     );
     let path = dir.join("config.toml");
     std::fs::write(&path, text).unwrap();

@@ -234,22 +234,10 @@ fn crlf(raw: &[u8]) -> Vec<u8> {
 // ---------------------------------------------------------------------------------------------
 
 fn config(server: &Server, dir: &Path) -> Config {
-    let poll = if support::daemon::pushes(server) {
-        "30s"
-    } else {
-        "250ms"
-    };
     let text = format!(
         r#"
 state-dir = "{dir}/state"
-
-[accounts.dispatcher]
-email = "dispatcher@{domain}"
-handle = "@acme.dispatcher"
-password = {{ raw = "{password}" }}
-smtp = {{ host = "{host}", port = {port}, tls = "plaintext", allow-plaintext = true, pool-size = 2, timeout = "15s" }}
-jmap = {{ session-url = "{session}", poll-interval = "{poll}" }}
-
+{account}
 [worker]
 account = "dispatcher"
 agent = "echo"
@@ -264,10 +252,12 @@ require-authentication = false
 "#,
         dir = dir.display(),
         domain = server.domain,
-        password = server.password,
-        host = server.smtp_host,
-        port = server.submission_port,
-        session = server.jmap_session_url,
+        account = support::daemon::handle_account_toml(
+            server,
+            "dispatcher",
+            "dispatcher",
+            "@acme.dispatcher"
+        ),
     );
     Config::from_toml_str_with_env(&text, Mode::Strict, &Env::with_home(dir))
         .unwrap_or_else(|e| panic!("{}: config: {e}\n{text}", server.label()))

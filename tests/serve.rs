@@ -40,23 +40,8 @@ const DELIVERY: Duration = Duration::from_secs(60);
 // Harness
 
 fn config_text(server: &Server, dir: &Path, extra: &str) -> String {
-    let poll = if pushes(server) { "30s" } else { "250ms" };
     let account = |name: &str, user: &str, handle: &str| {
-        format!(
-            r#"
-[accounts.{name}]
-email = "{user}@{domain}"
-handle = "{handle}"
-password = {{ raw = "{password}" }}
-smtp = {{ host = "{host}", port = {port}, tls = "plaintext", allow-plaintext = true, pool-size = 2, timeout = "15s" }}
-jmap = {{ session-url = "{session}", poll-interval = "{poll}" }}
-"#,
-            domain = server.domain,
-            password = server.password,
-            host = server.smtp_host,
-            port = server.submission_port,
-            session = server.jmap_session_url,
-        )
+        support::daemon::handle_account_toml(server, name, user, handle)
     };
     format!(
         r#"

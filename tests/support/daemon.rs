@@ -324,6 +324,28 @@ pub(crate) fn account(server: &Server, user: &str) -> taskmail::config::Account 
     )
 }
 
+/// The `[accounts.NAME]` table of `user@<domain>` on `server` with the ASMTP `handle`, over
+/// plain submission; it polls every 250 ms without push (30 s with push, so that latencies
+/// measure push).
+pub(crate) fn handle_account_toml(server: &Server, name: &str, user: &str, handle: &str) -> String {
+    let poll = if pushes(server) { "30s" } else { "250ms" };
+    format!(
+        r#"
+[accounts.{name}]
+email = "{user}@{domain}"
+handle = "{handle}"
+password = {{ raw = "{password}" }}
+smtp = {{ host = "{host}", port = {port}, tls = "plaintext", allow-plaintext = true, pool-size = 2, timeout = "15s" }}
+jmap = {{ session-url = "{session}", poll-interval = "{poll}" }}
+"#,
+        domain = server.domain,
+        password = server.password,
+        host = server.smtp_host,
+        port = server.submission_port,
+        session = server.jmap_session_url,
+    )
+}
+
 /// A validated account named `name` for the mailbox `email` on `server` (e.g. an
 /// `other_account` at the second domain).
 pub(crate) fn account_as(
