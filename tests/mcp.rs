@@ -28,6 +28,11 @@ fn python() -> PathBuf {
     if let Some(python) = std::env::var_os("TASKMAIL_MCP_PYTHON") {
         return PathBuf::from(python);
     }
+    // NOTE: both servers' runs call this at once; one of them makes the venv.
+    static MAKING: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _making = MAKING
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
     let venv = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/mcp-venv");
     let python = venv.join("bin/python");
     let has_mcp = |python: &Path| {
