@@ -220,8 +220,8 @@ pub fn is_valid_name(name: &str) -> bool {
             .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
 }
 
-/// Whether `owner` may name a daemon in lease keywords (`worker.lease-owner`): 1 to 12 ASCII
-/// lowercase letters and digits.
+/// Whether `owner` may name a daemon's leases (`worker.lease-owner`, hashed into the lease's
+/// owner code): 1 to 12 ASCII lowercase letters and digits.
 pub fn valid_lease_owner(owner: &str) -> bool {
     (1..=12).contains(&owner.len())
         && owner

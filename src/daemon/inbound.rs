@@ -764,7 +764,7 @@ where
         }
         // NOTE: a claim without a lease keyword is from a daemon before leases; leased mail
         // goes on to the claim step, which watches it or takes it over.
-        let leased = !super::lease::Lease::all(&fetched.keywords).is_empty();
+        let leased = super::lease::Lease::present(&fetched.keywords);
         if fetched.keywords.contains(CLAIMED) && !leased && !journalled {
             tracing::info!("claimed by another daemon; left alone");
             self.ignore(&fetched, "ignored:claimed-elsewhere", None)?;

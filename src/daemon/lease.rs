@@ -55,8 +55,15 @@
 //!
 //! # Bounded keyword names
 //!
-//! Cyrus keeps at most 128 distinct user flags per mailbox: no timestamps in names. A lease is
-//! `$taskmail-lease-<owner>-<seconds>-<beat>`, beat 0 or 1, so each daemon name costs two.
+//! Cyrus keeps at most 128 distinct user flags per mailbox and never forgets one, so keyword
+//! names must not grow with time or with the number of daemons a mailbox has seen (an owner
+//! name in the keyword exhausted a test mailbox: `Too many user flags in mailbox`). A lease is
+//! a set of keywords from a fixed vocabulary: the owner's code, 16 of the 32 keywords
+//! `$taskmail-lo-00` .. `$taskmail-lo-31` (a constant-weight code of a hash of
+//! `worker.lease-owner`), the term `$taskmail-lease-<seconds>` and, on odd beats,
+//! `$taskmail-beat`. Writes that merged two leases cannot read as one: the union of two
+//! different codes has more than 16 bits. So a mailbox spends 34 keywords on leases plus one
+//! per `worker.lease` value ever used.
 
 use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
 use std::sync::{Mutex, MutexGuard, PoisonError};
@@ -69,67 +76,241 @@ use super::{Core, Execute};
 use crate::store::StoreError;
 use crate::transport::{JmapError, KeywordWrite, MailStore, Submit};
 
-/// The prefix of lease keywords.
+/// The prefix of a lease's term keyword, `$taskmail-lease-<seconds>` (one keyword per
+/// `worker.lease` value in use). Older releases named their owner after it
+/// (`$taskmail-lease-<owner>-<secs>-<beat>`): such keywords still count as a lease of unknown
+/// owner, and every claim clears them.
 pub const LEASE_PREFIX: &str = "$taskmail-lease-";
+/// The prefix of the owner-code keywords `$taskmail-lo-00` .. `$taskmail-lo-31`.
+pub const CODE_PREFIX: &str = "$taskmail-lo-";
+/// Present on a lease's odd beats.
+pub const BEAT: &str = "$taskmail-beat";
 /// Set before the ack of a claimed mail is submitted.
 pub const ACKED: &str = "$taskmail-acked";
 /// Set before the result of a claimed mail's task is submitted: no takeover after it.
 pub const RESULT: &str = "$taskmail-result";
 
-/// One lease keyword, parsed.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// Owner-code keywords in all.
+const CODE_BITS: u32 = 32;
+/// Owner-code keywords in one lease: C(32, 16) = 601,080,390 owner codes.
+const CODE_WEIGHT: u32 = 16;
+
+/// One lease as it shows on a mail: the owner's code (a 32-bit mask with exactly
+/// [`CODE_WEIGHT`] bits set), its term and its beat.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Lease {
-    /// The daemon that holds it (`worker.lease-owner`).
-    pub owner: String,
+    /// Which `$taskmail-lo-NN` keywords are set.
+    pub code: u32,
     /// How long it holds without renewal, in seconds.
     pub seconds: u64,
-    /// Flipped on every renewal.
+    /// Flipped on every renewal ([`BEAT`] present when 1).
     pub beat: u8,
 }
 
-impl Lease {
-    /// The keyword (lowercase, as servers store it).
-    pub fn keyword(&self) -> String {
-        format!(
-            "{LEASE_PREFIX}{}-{}-{}",
-            self.owner, self.seconds, self.beat
-        )
-    }
+/// What the lease keywords of one mail say.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Reading {
+    /// No lease keyword.
+    Free,
+    /// One well-formed lease.
+    One(Lease),
+    /// Lease keywords that do not make one lease (writes that merged, an older release's
+    /// keywords): nobody owns the mail; it is taken over once it shows no change for `seconds`
+    /// (`token` tells two such readings apart).
+    Mixed { token: String, seconds: u64 },
+}
 
-    /// The same lease, renewed (the other beat).
-    pub fn renewed(&self) -> Lease {
+impl Reading {
+    /// A string that is equal for equal readings (`None` when free).
+    pub fn token(&self) -> Option<String> {
+        match self {
+            Reading::Free => None,
+            Reading::One(lease) => Some(lease.token()),
+            Reading::Mixed { token, .. } => Some(token.clone()),
+        }
+    }
+}
+
+/// `n` choose `k` (exact for `n <= 32`).
+fn choose(n: u32, k: u32) -> u64 {
+    if k > n {
+        return 0;
+    }
+    let k = k.min(n - k);
+    (0..u64::from(k)).fold(1u64, |acc, i| acc * (u64::from(n) - i) / (i + 1))
+}
+
+/// The code of rank `rank` (below C(32, 16)) among the masks with [`CODE_WEIGHT`] bits set.
+fn code_of_rank(mut rank: u64) -> u32 {
+    let mut left = CODE_WEIGHT;
+    let mut code = 0u32;
+    for bit in (0..CODE_BITS).rev() {
+        if left == 0 {
+            break;
+        }
+        let below = choose(bit, left);
+        if rank >= below {
+            code |= 1 << bit;
+            rank -= below;
+            left -= 1;
+        }
+    }
+    code
+}
+
+/// The owner code of a daemon name (`worker.lease-owner`): a constant-weight code, so that two
+/// owners' codes written over each other never read as one lease. Two names share a code with
+/// odds of 1 in 601,080,390.
+pub fn owner_code(owner: &str) -> u32 {
+    use sha2::Digest;
+    let digest = sha2::Sha256::digest(owner.as_bytes());
+    let mut head = [0u8; 8];
+    head.copy_from_slice(&digest[..8]);
+    code_of_rank(u64::from_be_bytes(head) % choose(CODE_BITS, CODE_WEIGHT))
+}
+
+/// Whether `keyword` is one of the lease's (code, term, beat, or an older release's lease).
+pub fn is_lease_keyword(keyword: &str) -> bool {
+    let keyword = keyword.to_ascii_lowercase();
+    keyword.starts_with(LEASE_PREFIX) || keyword.starts_with(CODE_PREFIX) || keyword == BEAT
+}
+
+impl Lease {
+    /// The lease of `owner` (first beat).
+    pub fn of(owner: &str, seconds: u64) -> Lease {
         Lease {
-            beat: 1 - self.beat.min(1),
-            ..self.clone()
+            code: owner_code(owner),
+            seconds: seconds.max(1),
+            beat: 0,
         }
     }
 
-    /// Parses a keyword; `None` for anything that is not a lease.
-    pub fn parse(keyword: &str) -> Option<Lease> {
-        let rest = keyword.to_ascii_lowercase();
-        let rest = rest.strip_prefix(LEASE_PREFIX)?;
-        let mut parts = rest.split('-');
-        let owner = parts.next()?;
+    /// Its keywords (lowercase, as servers store them).
+    pub fn keywords(&self) -> Vec<String> {
+        let mut keywords: Vec<String> = (0..CODE_BITS)
+            .filter(|bit| self.code & (1 << bit) != 0)
+            .map(|bit| format!("{CODE_PREFIX}{bit:02}"))
+            .collect();
+        keywords.push(format!("{LEASE_PREFIX}{}", self.seconds));
+        if self.beat == 1 {
+            keywords.push(BEAT.to_owned());
+        }
+        keywords
+    }
+
+    /// A compact form, equal for equal leases: `<code hex>-<seconds>-<beat>`.
+    pub fn token(&self) -> String {
+        format!("{:08x}-{}-{}", self.code, self.seconds, self.beat)
+    }
+
+    /// Parses [`Lease::token`].
+    pub fn from_token(token: &str) -> Option<Lease> {
+        let mut parts = token.split('-');
+        let code = u32::from_str_radix(parts.next()?, 16).ok()?;
         let seconds = parts.next()?.parse::<u64>().ok()?;
         let beat = match parts.next()? {
             "0" => 0,
             "1" => 1,
             _ => return None,
         };
-        if parts.next().is_some() || !crate::config::valid_lease_owner(owner) || seconds == 0 {
+        if parts.next().is_some() || code.count_ones() != CODE_WEIGHT || seconds == 0 {
             return None;
         }
         Some(Lease {
-            owner: owner.to_owned(),
+            code,
             seconds,
             beat,
         })
     }
 
-    /// Every lease keyword in `keywords`.
-    pub fn all(keywords: &BTreeSet<String>) -> Vec<Lease> {
-        keywords.iter().filter_map(|k| Lease::parse(k)).collect()
+    /// The same lease, renewed (the other beat).
+    pub fn renewed(&self) -> Lease {
+        Lease {
+            beat: 1 - self.beat.min(1),
+            ..*self
+        }
     }
+
+    /// Reads the lease keywords of a mail. `default_seconds` is the term of a mixed reading
+    /// that names none.
+    pub fn read(keywords: &BTreeSet<String>, default_seconds: u64) -> Reading {
+        let mut code = 0u32;
+        let mut terms = Vec::new();
+        let mut beat = 0u8;
+        let mut other = false;
+        for keyword in keywords {
+            let keyword = keyword.to_ascii_lowercase();
+            if let Some(bit) = keyword.strip_prefix(CODE_PREFIX) {
+                match bit.parse::<u32>() {
+                    Ok(n) if n < CODE_BITS && format!("{n:02}") == bit => code |= 1 << n,
+                    _ => other = true,
+                }
+            } else if let Some(term) = keyword.strip_prefix(LEASE_PREFIX) {
+                match term.parse::<u64>() {
+                    Ok(seconds) if seconds > 0 && seconds.to_string() == term => {
+                        terms.push(seconds)
+                    }
+                    _ => other = true,
+                }
+            } else if keyword == BEAT {
+                beat = 1;
+            }
+        }
+        if code == 0 && terms.is_empty() && !other {
+            return if beat == 1 {
+                Reading::Mixed {
+                    token: "beat".to_owned(),
+                    seconds: default_seconds.max(1),
+                }
+            } else {
+                Reading::Free
+            };
+        }
+        if code.count_ones() == CODE_WEIGHT && terms.len() == 1 && !other {
+            return Reading::One(Lease {
+                code,
+                seconds: terms[0],
+                beat,
+            });
+        }
+        terms.sort_unstable();
+        let seconds = terms.last().copied().unwrap_or(default_seconds).max(1);
+        let token = format!(
+            "mixed-{code:08x}-{}-{beat}{}",
+            terms
+                .iter()
+                .map(u64::to_string)
+                .collect::<Vec<_>>()
+                .join("."),
+            if other { "-x" } else { "" }
+        );
+        Reading::Mixed { token, seconds }
+    }
+
+    /// Whether any lease keyword is on the mail.
+    pub fn present(keywords: &BTreeSet<String>) -> bool {
+        keywords.iter().any(|k| is_lease_keyword(k))
+    }
+}
+
+/// The keywords to remove to drop the lease with `token` (its code, term and beat).
+fn lease_keywords_of(token: &str) -> Vec<String> {
+    let Some(lease) = Lease::from_token(token) else {
+        return Vec::new();
+    };
+    let mut keywords = Lease { beat: 0, ..lease }.keywords();
+    keywords.push(BEAT.to_owned());
+    keywords
+}
+
+/// The seconds of a watched reading's token ([`Reading::token`]).
+fn token_seconds(token: &str) -> Option<u64> {
+    if let Some(lease) = Lease::from_token(token) {
+        return Some(lease.seconds);
+    }
+    let rest = token.strip_prefix("mixed-")?;
+    let terms = rest.split('-').nth(1)?;
+    terms.split('.').filter_map(|t| t.parse().ok()).max()
 }
 
 /// Whether `keywords` say the task is over or its result is on its way.
@@ -261,11 +442,17 @@ where
 {
     /// This daemon's lease (first beat).
     pub(crate) fn own_lease(&self) -> Lease {
-        Lease {
-            owner: self.book.owner.clone(),
-            seconds: self.settings.lease.as_secs().max(1),
-            beat: 0,
-        }
+        Lease::of(&self.book.owner, self.lease_seconds())
+    }
+
+    /// `worker.lease` in whole seconds (at least 1).
+    fn lease_seconds(&self) -> u64 {
+        self.settings.lease.as_secs().max(1)
+    }
+
+    /// What the lease keywords on a mail say.
+    fn reading(&self, keywords: &BTreeSet<String>) -> Reading {
+        Lease::read(keywords, self.lease_seconds())
     }
 
     fn fresh_for(&self) -> Duration {
@@ -497,10 +684,11 @@ where
     /// Watched mails whose lease may have expired: looked at again.
     pub(crate) fn expired_watches(&self) -> Vec<String> {
         let now = Instant::now();
+        let default = self.lease_seconds();
         lock(&self.book.watched)
             .iter()
             .filter(|(_, w)| {
-                let seconds = Lease::parse(&w.keyword).map_or(0, |l| l.seconds);
+                let seconds = token_seconds(&w.keyword).unwrap_or(default);
                 now.duration_since(w.since) >= Duration::from_secs(seconds) + w.slack
             })
             .map(|(id, _)| id.clone())
@@ -521,23 +709,25 @@ where
         if finished(keywords) {
             return Standing::Finished;
         }
-        let leases = Lease::all(keywords);
-        let Some(first) = leases.first() else {
-            return Standing::Claimable(None);
+        let reading = self.reading(keywords);
+        let (keyword, seconds) = match &reading {
+            Reading::Free => return Standing::Claimable(None),
+            Reading::One(lease) => (lease.token(), lease.seconds),
+            Reading::Mixed { token, seconds } => (token.clone(), *seconds),
         };
-        let keyword = first.keyword();
-        if leases.len() == 1
+        if matches!(reading, Reading::One(_))
             && lock(&self.book.held)
                 .get(id)
                 .is_some_and(|h| !h.lost && h.keyword == keyword)
         {
             return Standing::Claimable(Some(keyword));
         }
-        let expired = leases.len() == 1
-            && lock(&self.book.watched).get(id).is_some_and(|w| {
-                w.keyword == keyword
-                    && Instant::now().duration_since(w.since) >= Duration::from_secs(first.seconds)
-            });
+        // NOTE: a mixed reading is nobody's (every claimer that read it back lost), so it is
+        // taken over like a silent lease.
+        let expired = lock(&self.book.watched).get(id).is_some_and(|w| {
+            w.keyword == keyword
+                && Instant::now().duration_since(w.since) >= Duration::from_secs(seconds)
+        });
         if expired {
             Standing::Claimable(Some(keyword))
         } else {
@@ -600,16 +790,16 @@ where
                     let ours = self.own_lease();
                     let mut next: BTreeSet<String> = keywords
                         .iter()
-                        .filter(|k| Lease::parse(k).is_none())
+                        .filter(|k| !is_lease_keyword(k))
                         .cloned()
                         .collect();
                     next.insert(CLAIMED.to_owned());
-                    next.insert(ours.keyword());
+                    next.extend(ours.keywords());
                     found.insert(
                         id.clone(),
                         keywords.iter().filter(|k| *k == ACKED).cloned().collect(),
                     );
-                    writes.push((id, ours.keyword(), KeywordWrite::Replace(next)));
+                    writes.push((id, ours.token(), KeywordWrite::Replace(next)));
                 }
             }
         }
@@ -655,8 +845,8 @@ where
             let Some(keywords) = back.get(&id) else {
                 continue;
             };
-            let leases = Lease::all(keywords);
-            let mine = leases.len() == 1 && leases[0].keyword() == keyword && !finished(keywords);
+            let reading = self.reading(keywords);
+            let mine = reading.token().as_deref() == Some(keyword.as_str()) && !finished(keywords);
             if mine {
                 let held = Held {
                     keyword,
@@ -673,13 +863,7 @@ where
                 over.insert(id);
             } else {
                 self.lose(&id, "claimed by another daemon");
-                let theirs = leases
-                    .iter()
-                    .find(|l| l.keyword() != keyword)
-                    .or(leases.first())
-                    .map(Lease::keyword)
-                    .unwrap_or_default();
-                self.watch(&id, &theirs);
+                self.watch(&id, &reading.token().unwrap_or_default());
             }
         }
         Ok((won, over))
@@ -716,30 +900,30 @@ where
                 self.lose(&id, "another daemon finished the task");
                 continue;
             }
-            let leases = Lease::all(keywords);
-            let ours = leases.len() == 1 && leases[0].keyword() == h.keyword;
-            if !ours {
-                self.lose(&id, "another lease is on the mail");
-                continue;
-            }
-            let next = leases[0].renewed().keyword();
+            let lease = match self.reading(keywords) {
+                Reading::One(lease) if lease.token() == h.keyword => lease,
+                _ => {
+                    self.lose(&id, "another lease is on the mail");
+                    continue;
+                }
+            };
+            let next = lease.renewed();
             if read_at.duration_since(h.written) < self.fresh_for() {
-                patches.push((
-                    id,
-                    next.clone(),
-                    KeywordWrite::Patch {
-                        add: vec![next],
-                        remove: vec![h.keyword.clone()],
-                    },
-                ));
+                let beat = vec![BEAT.to_owned()];
+                let (add, remove) = if next.beat == 1 {
+                    (beat, Vec::new())
+                } else {
+                    (Vec::new(), beat)
+                };
+                patches.push((id, next.token(), KeywordWrite::Patch { add, remove }));
             } else {
                 let mut set: BTreeSet<String> = keywords
                     .iter()
-                    .filter(|k| Lease::parse(k).is_none())
+                    .filter(|k| !is_lease_keyword(k))
                     .cloned()
                     .collect();
-                set.insert(next.clone());
-                stale.push((id, next, KeywordWrite::Replace(set)));
+                set.extend(next.keywords());
+                stale.push((id, next.token(), KeywordWrite::Replace(set)));
             }
         }
         // Fresh: a patch each, in one call.
@@ -780,8 +964,8 @@ where
             let back: HashMap<String, BTreeSet<String>> =
                 self.mail.get_keywords(&ids).await?.into_iter().collect();
             for ((id, next, _), outcome) in stale.into_iter().zip(outcomes) {
-                let leases = back.get(&id).map(Lease::all).unwrap_or_default();
-                if outcome.is_ok() && leases.len() == 1 && leases[0].keyword() == next {
+                let token = back.get(&id).and_then(|k| self.reading(k).token());
+                if outcome.is_ok() && token.as_deref() == Some(next.as_str()) {
                     tracing::info!(email_id = %id, "stale lease confirmed ours again");
                     self.renewed(&id, next, sent);
                 } else {
@@ -927,7 +1111,7 @@ where
                     let remove = book
                         .get(id)
                         .filter(|h| !h.lost)
-                        .map(|h| vec![h.keyword.clone()])
+                        .map(|h| lease_keywords_of(&h.keyword))
                         .unwrap_or_default();
                     (
                         id.clone(),
@@ -961,7 +1145,7 @@ where
     pub(crate) async fn release(&self, id: &str) {
         let keyword = lock(&self.book.held).get(id).map(|h| h.keyword.clone());
         let mut remove = vec![CLAIMED.to_owned()];
-        remove.extend(keyword);
+        remove.extend(keyword.iter().flat_map(|k| lease_keywords_of(k)));
         let batch = [(
             id.to_owned(),
             KeywordWrite::Patch {
@@ -998,34 +1182,96 @@ where
 mod tests {
     use super::*;
 
+    fn set(keywords: &[String]) -> BTreeSet<String> {
+        keywords.iter().cloned().collect()
+    }
+
     #[test]
-    fn lease_keywords_round_trip_and_flip() {
-        let lease = Lease {
-            owner: "w1".into(),
-            seconds: 60,
-            beat: 0,
-        };
-        assert_eq!(lease.keyword(), "$taskmail-lease-w1-60-0");
-        assert_eq!(Lease::parse(&lease.keyword()), Some(lease.clone()));
-        assert_eq!(lease.renewed().keyword(), "$taskmail-lease-w1-60-1");
-        assert_eq!(lease.renewed().renewed(), lease);
-        assert_eq!(
-            Lease::parse("$TaskMail-Lease-AB12-5-1").map(|l| l.owner),
-            Some("ab12".to_owned())
-        );
-        assert!(crate::transport::jmap::checked_keyword(&lease.keyword()).is_ok());
-        for bad in [
-            "$taskmail-claimed",
-            "$taskmail-lease-w1-60",
-            "$taskmail-lease-w1-60-2",
-            "$taskmail-lease-w1-0-0",
-            "$taskmail-lease-w1-x-0",
-            "$taskmail-lease--60-0",
-            "$taskmail-lease-w_1-60-0",
-            "$taskmail-lease-w1-60-0-9",
-        ] {
-            assert_eq!(Lease::parse(bad), None, "{bad}");
+    fn owner_codes_have_sixteen_of_thirty_two_bits_and_differ() {
+        let mut seen = HashSet::new();
+        for rank in [0, 1, 2, 1000, 601_080_389] {
+            let code = code_of_rank(rank);
+            assert_eq!(code.count_ones(), CODE_WEIGHT, "rank {rank}");
+            assert!(seen.insert(code), "rank {rank}");
         }
+        assert_eq!(code_of_rank(0), 0x0000_ffff);
+        assert_eq!(code_of_rank(601_080_389), 0xffff_0000);
+        for rank in 0..5000u64 {
+            assert!(seen.insert(code_of_rank(rank * 120_211 + 7)), "rank {rank}");
+        }
+        assert_eq!(owner_code("w1"), owner_code("w1"));
+        assert_ne!(owner_code("w1"), owner_code("w2"));
+    }
+
+    #[test]
+    fn lease_keywords_round_trip_flip_and_stay_few() {
+        let lease = Lease::of("w1", 60);
+        let keywords = lease.keywords();
+        assert_eq!(keywords.len(), 17);
+        assert!(keywords.contains(&"$taskmail-lease-60".to_owned()));
+        for keyword in &keywords {
+            assert!(is_lease_keyword(keyword), "{keyword}");
+            assert!(crate::transport::jmap::checked_keyword(keyword).is_ok());
+        }
+        let mut on_mail = set(&keywords);
+        on_mail.insert(CLAIMED.to_owned());
+        on_mail.insert(ACKED.to_owned());
+        assert_eq!(Lease::read(&on_mail, 60), Reading::One(lease));
+        let renewed = lease.renewed();
+        assert_eq!(renewed.beat, 1);
+        assert!(renewed.keywords().contains(&BEAT.to_owned()));
+        assert_eq!(Lease::read(&set(&renewed.keywords()), 60), Reading::One(renewed));
+        assert_eq!(renewed.renewed(), lease);
+        assert_eq!(Lease::from_token(&lease.token()), Some(lease));
+        assert_eq!(token_seconds(&lease.token()), Some(60));
+        // Upper case as a server may hand it back.
+        let upper: BTreeSet<String> = keywords.iter().map(|k| k.to_ascii_uppercase()).collect();
+        assert_eq!(Lease::read(&upper, 60), Reading::One(lease));
+        // The keyword names in use do not depend on the owner: any number of owners over a
+        // mailbox's life use the 32 code keywords, the beat and one term per lease length.
+        let mut names = BTreeSet::new();
+        for n in 0..500 {
+            let lease = Lease::of(&format!("owner{n}"), 60);
+            names.extend(lease.keywords());
+            names.extend(lease.renewed().keywords());
+        }
+        assert_eq!(names.len(), 34);
+    }
+
+    #[test]
+    fn merged_or_foreign_lease_keywords_read_as_nobodys() {
+        let a = Lease::of("a", 60);
+        let b = Lease::of("b", 60);
+        let mut merged = set(&a.keywords());
+        merged.extend(b.keywords());
+        let Reading::Mixed { seconds, token } = Lease::read(&merged, 30) else {
+            panic!("a merge of two codes must not read as one lease");
+        };
+        assert_eq!(seconds, 60);
+        assert_eq!(token_seconds(&token), Some(60));
+        let mut two_terms = set(&a.keywords());
+        two_terms.insert("$taskmail-lease-120".to_owned());
+        assert!(matches!(Lease::read(&two_terms, 30), Reading::Mixed { seconds: 120, .. }));
+        // An older release's lease: nobody's, with the reader's own term.
+        let old = set(&["$taskmail-lease-w1-60-0".to_owned(), CLAIMED.to_owned()]);
+        assert!(Lease::present(&old));
+        assert!(matches!(Lease::read(&old, 30), Reading::Mixed { seconds: 30, .. }));
+        for odd in ["$taskmail-lo-5", "$taskmail-lo-32", "$taskmail-lease-060"] {
+            let mut keywords = set(&a.keywords());
+            keywords.insert(odd.to_owned());
+            assert!(matches!(Lease::read(&keywords, 30), Reading::Mixed { .. }), "{odd}");
+        }
+        let free = set(&[CLAIMED.to_owned(), ACKED.to_owned(), "$seen".to_owned()]);
+        assert_eq!(Lease::read(&free, 30), Reading::Free);
+        assert!(!Lease::present(&free));
+        for bad in ["0000ffff-60", "0000fff0-60-0", "0000ffff-0-0", "0000ffff-60-2", "x-60-0"] {
+            assert_eq!(Lease::from_token(bad), None, "{bad}");
+        }
+        let mut dropped = set(&a.renewed().keywords());
+        for keyword in lease_keywords_of(&a.renewed().token()) {
+            dropped.remove(&keyword);
+        }
+        assert!(dropped.is_empty(), "{dropped:?}");
     }
 
     #[test]

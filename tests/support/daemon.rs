@@ -131,24 +131,10 @@ concurrency = 2
 cancel-grace = "1s"
 shutdown-grace = "3s"
 work-dir = "{dir}/work"
-{owner}
 {extra}
 {trust}
 {PROFILES}
 "#,
-        // NOTE: lease keywords name their owner, and Cyrus keeps at most 128 user flags per
-        // mailbox, never forgetting one: a made-up owner per test daemon (fresh state dirs)
-        // exhausted worker@'s Inbox in a full run ("Too many user flags in mailbox"), after
-        // which no claim could be written. Test daemons take their names from a small pool;
-        // on_every_server runs one test per server at a time, so two live daemons on one
-        // mailbox never share a name (tests that run several give their own).
-        owner = if extra.contains("lease-owner") {
-            String::new()
-        } else {
-            static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
-            let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % 16;
-            format!("lease-owner = \"t{n}\"")
-        },
         trust = if extra.contains("[trust]") {
             ""
         } else {
