@@ -1220,7 +1220,10 @@ mod tests {
         let renewed = lease.renewed();
         assert_eq!(renewed.beat, 1);
         assert!(renewed.keywords().contains(&BEAT.to_owned()));
-        assert_eq!(Lease::read(&set(&renewed.keywords()), 60), Reading::One(renewed));
+        assert_eq!(
+            Lease::read(&set(&renewed.keywords()), 60),
+            Reading::One(renewed)
+        );
         assert_eq!(renewed.renewed(), lease);
         assert_eq!(Lease::from_token(&lease.token()), Some(lease));
         assert_eq!(token_seconds(&lease.token()), Some(60));
@@ -1251,20 +1254,35 @@ mod tests {
         assert_eq!(token_seconds(&token), Some(60));
         let mut two_terms = set(&a.keywords());
         two_terms.insert("$taskmail-lease-120".to_owned());
-        assert!(matches!(Lease::read(&two_terms, 30), Reading::Mixed { seconds: 120, .. }));
+        assert!(matches!(
+            Lease::read(&two_terms, 30),
+            Reading::Mixed { seconds: 120, .. }
+        ));
         // An older release's lease: nobody's, with the reader's own term.
         let old = set(&["$taskmail-lease-w1-60-0".to_owned(), CLAIMED.to_owned()]);
         assert!(Lease::present(&old));
-        assert!(matches!(Lease::read(&old, 30), Reading::Mixed { seconds: 30, .. }));
+        assert!(matches!(
+            Lease::read(&old, 30),
+            Reading::Mixed { seconds: 30, .. }
+        ));
         for odd in ["$taskmail-lo-5", "$taskmail-lo-32", "$taskmail-lease-060"] {
             let mut keywords = set(&a.keywords());
             keywords.insert(odd.to_owned());
-            assert!(matches!(Lease::read(&keywords, 30), Reading::Mixed { .. }), "{odd}");
+            assert!(
+                matches!(Lease::read(&keywords, 30), Reading::Mixed { .. }),
+                "{odd}"
+            );
         }
         let free = set(&[CLAIMED.to_owned(), ACKED.to_owned(), "$seen".to_owned()]);
         assert_eq!(Lease::read(&free, 30), Reading::Free);
         assert!(!Lease::present(&free));
-        for bad in ["0000ffff-60", "0000fff0-60-0", "0000ffff-0-0", "0000ffff-60-2", "x-60-0"] {
+        for bad in [
+            "0000ffff-60",
+            "0000fff0-60-0",
+            "0000ffff-0-0",
+            "0000ffff-60-2",
+            "x-60-0",
+        ] {
             assert_eq!(Lease::from_token(bad), None, "{bad}");
         }
         let mut dropped = set(&a.renewed().keywords());
