@@ -6,7 +6,7 @@
 //! concurrent updates made from the same state can both succeed, and every new delivery changes
 //! the mailbox-wide Email state, so guarded claims keep failing under load. The claim protocol
 //! here needs neither: it only needs each email's keyword set to behave as a register (a
-//! whole-set write is atomic and a later read returns the last write), plus bounded timing.
+//! write of one email's keywords is atomic and a later read returns the last write), plus bounded timing.
 //!
 //! # The claim (Fischer-style mutual exclusion on one email's keywords)
 //!
@@ -14,9 +14,10 @@
 //! `$taskmail-done`. A claimer, for a batch of mails:
 //!
 //! 1. reads the keywords (`Email/get` of `keywords` only) at time `r` (when the request left);
-//! 2. for each mail still free (or carrying a lease it watched expire, below) writes the whole
-//!    keyword set: what it read, minus every lease keyword, plus its own lease. No `ifInState`:
-//!    whoever writes last wins on the server. One `Email/set` for the batch;
+//! 2. for each mail still free (or carrying a lease it watched expire, below) writes its own
+//!    lease over every lease keyword: one patch that sets its lease's keywords and clears all
+//!    the other lease keywords (the vocabulary is fixed, below), leaving the marks alone. No
+//!    `ifInState`: whoever writes last wins on the server. One `Email/set` for the batch;
 //! 3. if the answer came back later than `r + delta/2` (`worker.claim-wait` is `delta`), it
 //!    enters none of them: its write may have landed after another claimer's read-back;
 //! 4. waits `delta`, reads the keywords again, and owns exactly the mails whose only lease is
@@ -35,11 +36,11 @@
 //!
 //! # Renewal, takeover, freshness
 //!
-//! The owner renews every quarter of `worker.lease` by flipping the lease keyword's beat
-//! (`...-0` <-> `...-1`). Every keyword change is an update in `Email/changes`, and a watcher
+//! The owner renews every quarter of `worker.lease` by flipping the lease's beat (setting or
+//! clearing `$taskmail-beat`). Every keyword change is an update in `Email/changes`, and a watcher
 //! restarts its watch on every update of a watched mail. A watcher takes a mail over only after
 //! `lease` seconds without any update, by its own clock, and then through the same claim
-//! (read, whole-set write, wait, read-back). So while the owner's writes are less than `lease`
+//! (read, lease write, wait, read-back). So while the owner's writes are less than `lease`
 //! apart no takeover can happen; an owner whose last confirmed write was sent more than half
 //! the lease ago is *stale*: it sends nothing and runs nothing until a full claim round (read,
 //! write, wait, read-back) shows the mail is still its own, else it has *lost* the mail.
@@ -291,6 +292,32 @@ impl Lease {
     pub fn present(keywords: &BTreeSet<String>) -> bool {
         keywords.iter().any(|k| is_lease_keyword(k))
     }
+}
+
+/// The claim write of `lease` on a mail whose keywords were `seen`: sets the lease's keywords
+/// (and [`CLAIMED`]) and clears every other lease keyword of the vocabulary and every one seen,
+/// so that the lease keywords are the last such writer's, while the marks (`$taskmail-result`,
+/// `$taskmail-done`, `$taskmail-acked`) are never touched: a claim write that lands late cannot
+/// erase the commit point another daemon set meanwhile, as a whole-set write would.
+fn lease_write(seen: &BTreeSet<String>, lease: &Lease, claimed: bool) -> KeywordWrite {
+    let mut add = lease.keywords();
+    if claimed {
+        add.push(CLAIMED.to_owned());
+    }
+    let mut remove: Vec<String> = (0..CODE_BITS)
+        .filter(|bit| lease.code & (1 << bit) == 0)
+        .map(|bit| format!("{CODE_PREFIX}{bit:02}"))
+        .collect();
+    if lease.beat == 0 {
+        remove.push(BEAT.to_owned());
+    }
+    for keyword in seen.iter().filter(|k| is_lease_keyword(k)) {
+        let lower = keyword.to_ascii_lowercase();
+        if !add.contains(&lower) && !remove.contains(&lower) {
+            remove.push(keyword.clone());
+        }
+    }
+    KeywordWrite::Patch { add, remove }
 }
 
 /// The keywords to remove to drop the lease with `token` (its code, term and beat).
@@ -788,18 +815,12 @@ where
                 }
                 Standing::Claimable(_) => {
                     let ours = self.own_lease();
-                    let mut next: BTreeSet<String> = keywords
-                        .iter()
-                        .filter(|k| !is_lease_keyword(k))
-                        .cloned()
-                        .collect();
-                    next.insert(CLAIMED.to_owned());
-                    next.extend(ours.keywords());
+                    let write = lease_write(&keywords, &ours, true);
                     found.insert(
                         id.clone(),
                         keywords.iter().filter(|k| *k == ACKED).cloned().collect(),
                     );
-                    writes.push((id, ours.token(), KeywordWrite::Replace(next)));
+                    writes.push((id, ours.token(), write));
                 }
             }
         }
@@ -826,17 +847,26 @@ where
             }
             return Ok((won, over));
         }
+        let mut refused = Vec::new();
         let written: Vec<(String, String)> = writes
             .into_iter()
             .zip(outcomes)
             .filter_map(|((id, keyword, _), outcome)| match outcome {
-                Ok(()) => Some((id, keyword)),
+                Ok(()) => {
+                    self.health.claimed(self.now());
+                    Some((id, keyword))
+                }
+                Err(error) if error.is_not_found() => None,
                 Err(error) => {
-                    tracing::debug!(email_id = %id, error = %error, "claim not written");
+                    let error = crate::transport::smtp::error_chain(&error);
+                    tracing::warn!(email_id = %id, error = %error, "the server refused the claim keywords on this mail; tried again later (taskmail doctor shows the last refusal)");
+                    self.health.claim_failed(&error, self.now());
+                    refused.push(id);
                     None
                 }
             })
             .collect();
+        self.defer(&refused);
         tokio::time::sleep_until(answered + wait).await;
         let ids: Vec<String> = written.iter().map(|(id, _)| id.clone()).collect();
         let back: HashMap<String, BTreeSet<String>> =
@@ -917,13 +947,7 @@ where
                 };
                 patches.push((id, next.token(), KeywordWrite::Patch { add, remove }));
             } else {
-                let mut set: BTreeSet<String> = keywords
-                    .iter()
-                    .filter(|k| !is_lease_keyword(k))
-                    .cloned()
-                    .collect();
-                set.extend(next.keywords());
-                stale.push((id, next.token(), KeywordWrite::Replace(set)));
+                stale.push((id, next.token(), lease_write(keywords, &next, false)));
             }
         }
         // Fresh: a patch each, in one call.
@@ -1290,6 +1314,60 @@ mod tests {
             dropped.remove(&keyword);
         }
         assert!(dropped.is_empty(), "{dropped:?}");
+    }
+
+    /// What a keyword write leaves on a mail that had `before`.
+    fn apply(before: &BTreeSet<String>, write: &KeywordWrite) -> BTreeSet<String> {
+        match write {
+            KeywordWrite::Replace(all) => all.clone(),
+            KeywordWrite::Patch { add, remove } => {
+                let mut after: BTreeSet<String> = before
+                    .iter()
+                    .filter(|k| !remove.iter().any(|r| r.eq_ignore_ascii_case(k)))
+                    .cloned()
+                    .collect();
+                after.extend(add.iter().cloned());
+                after
+            }
+        }
+    }
+
+    #[test]
+    fn a_claim_write_replaces_any_lease_and_keeps_the_marks() {
+        let a = Lease::of("a", 60);
+        let b = Lease::of("b", 90).renewed();
+        let marks = [RESULT.to_owned(), ACKED.to_owned(), "$seen".to_owned()];
+        let write = lease_write(&set(&a.keywords()), &b, true);
+        // The write lands after the marks and another beat were set: it keeps them.
+        let mut now = set(&a.renewed().keywords());
+        now.extend(marks.iter().cloned());
+        let after = apply(&now, &write);
+        let mut leases = after.clone();
+        for mark in marks.iter().chain([&CLAIMED.to_owned()]) {
+            assert!(leases.remove(mark), "{mark} kept");
+        }
+        assert_eq!(leases, set(&b.keywords()));
+        assert_eq!(Lease::read(&after, 60), Reading::One(b));
+        // A lease term it did not see stays: the mail then reads as nobody's (never as ours).
+        now.insert("$taskmail-lease-30".to_owned());
+        assert!(matches!(
+            Lease::read(&apply(&now, &write), 60),
+            Reading::Mixed { .. }
+        ));
+        // Last writer wins, whichever order: both orders read as the last one's lease (with
+        // the same term; daemons with different terms leave a mixed reading, nobody's).
+        let free = set(&marks);
+        let a = Lease::of("a", 90);
+        let wa = lease_write(&free, &a, true);
+        let wb = lease_write(&free, &b, true);
+        assert_eq!(
+            Lease::read(&apply(&apply(&free, &wa), &wb), 60),
+            Reading::One(b)
+        );
+        assert_eq!(
+            Lease::read(&apply(&apply(&free, &wb), &wa), 60),
+            Reading::One(a)
+        );
     }
 
     #[test]

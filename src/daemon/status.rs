@@ -230,6 +230,12 @@ pub struct HealthEvents {
     pub last_smtp_error: Option<String>,
     /// When that submission failed.
     pub last_smtp_error_at: Option<chrono::DateTime<chrono::Utc>>,
+    /// The last claim write the server took (lease keywords on a mail).
+    pub last_claim_at: Option<chrono::DateTime<chrono::Utc>>,
+    /// The last claim write the server refused, and why.
+    pub last_claim_error: Option<String>,
+    /// When that claim write was refused.
+    pub last_claim_error_at: Option<chrono::DateTime<chrono::Utc>>,
 }
 
 impl Health {
@@ -268,6 +274,19 @@ impl Health {
         self.update(|s| {
             s.last_smtp_error = Some(capped(error));
             s.last_smtp_error_at = Some(at);
+        });
+    }
+
+    /// The server took a claim write.
+    pub fn claimed(&self, at: chrono::DateTime<chrono::Utc>) {
+        self.update(|s| s.last_claim_at = Some(at));
+    }
+
+    /// The server refused a claim write with `error`.
+    pub fn claim_failed(&self, error: &str, at: chrono::DateTime<chrono::Utc>) {
+        self.update(|s| {
+            s.last_claim_error = Some(capped(error));
+            s.last_claim_error_at = Some(at);
         });
     }
 
@@ -396,6 +415,21 @@ impl DaemonHealth {
                 "submission is failing (last at {}): {}",
                 failed_at.format("%Y-%m-%d %H:%M:%S"),
                 e.last_smtp_error.as_deref().unwrap_or("unknown error")
+            ));
+        }
+        if let Some(failed_at) = e.last_claim_error_at
+            && e.last_claim_at.is_none_or(|ok| ok < failed_at)
+        {
+            let error = e.last_claim_error.as_deref().unwrap_or("unknown error");
+            let hint = if error.to_ascii_lowercase().contains("flags") {
+                " (the mailbox has no room for more keyword names: remove keywords other \
+                 clients left on its mail, or serve the worker from a new mailbox)"
+            } else {
+                ""
+            };
+            problems.push(format!(
+                "the server refuses claims (lease keywords), last at {}: {error}{hint}",
+                failed_at.format("%Y-%m-%d %H:%M:%S"),
             ));
         }
         if let Some(oldest) = self.outbox.oldest_pending_at {
@@ -615,6 +649,18 @@ mod health_tests {
         assert!(healthy(&health).problems(at(10)).is_empty());
         assert_eq!(health.events().sync_failures, 0);
         assert_eq!(health.events().last_sync_at, Some(at(6)));
+
+        // Refused claims (Cyrus out of keyword names) are a problem until a claim is taken.
+        health.claim_failed("serverFail: Too many user flags in mailbox", at(6));
+        let problems = healthy(&health).problems(at(10));
+        assert_eq!(problems.len(), 1, "{problems:?}");
+        assert!(
+            problems[0].contains("refuses claims")
+                && problems[0].contains("no room for more keyword names"),
+            "{problems:?}"
+        );
+        health.claimed(at(6));
+        assert!(healthy(&health).problems(at(10)).is_empty());
 
         // Submission failing matters while something waits in the outbox.
         health.note_submit(&Err(std::io::Error::other("451 4.3.0 try later")), at(7));
