@@ -123,6 +123,11 @@ async fn bench_counts_every_task_once_with_an_echo_worker() {
         assert!(report["floor"]["latencyMs"]["p50"].as_f64().unwrap_or(0.0) > 0.0);
         assert_eq!(report["floor"]["messages"], 10);
         assert!(report["floor"]["submitPerSecond"].as_f64().unwrap_or(0.0) > 0.0);
+        assert_eq!(report["floor"]["delivered"], 10, "{label}: {report}");
+        assert!(
+            report["floor"]["deliverPerSecond"].as_f64().unwrap_or(0.0) > 0.0,
+            "{label}: {report}"
+        );
         assert!(report["overheadP50Ms"].is_number());
 
         // The worker ran each task exactly once.

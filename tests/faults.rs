@@ -265,8 +265,130 @@ async fn three_workers_share_one_mailbox() {
         for worker in workers {
             worker.stop().await;
         }
+        assert_fixed_keyword_vocabulary(&server).await;
     })
     .await;
+}
+
+/// Every `$taskmail-` keyword on the worker's Inbox (newest 2,000 mails) comes from the fixed
+/// vocabulary of leases and marks: Cyrus keeps at most 128 keyword names per mailbox and never
+/// forgets one, so a name that varies with the daemon (its owner) or with time would in the end
+/// leave no room for claims (`Too many user flags in mailbox`).
+async fn assert_fixed_keyword_vocabulary(server: &Server) {
+    let jmap = server.jmap(&server.account("worker")).await;
+    let inbox = jmap.mailbox_with_role("inbox").await;
+    let query = jmap
+        .call(
+            "Email/query",
+            serde_json::json!({
+                "filter": { "inMailbox": inbox },
+                "sort": [{ "property": "receivedAt", "isAscending": false }],
+                "limit": 2000,
+            }),
+        )
+        .await;
+    let ids: Vec<String> = query["ids"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|id| id.as_str().map(str::to_owned))
+        .collect();
+    let mut names = std::collections::BTreeSet::new();
+    for chunk in ids.chunks(200) {
+        for email in jmap.get_emails(chunk, &["keywords"]).await {
+            if let Some(keywords) = email["keywords"].as_object() {
+                names.extend(
+                    keywords
+                        .keys()
+                        .map(|k| k.to_ascii_lowercase())
+                        .filter(|k| k.starts_with("$taskmail-")),
+                );
+            }
+        }
+    }
+    let fixed = |name: &str| {
+        let digits = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
+        matches!(
+            name,
+            "$taskmail-claimed"
+                | "$taskmail-acked"
+                | "$taskmail-result"
+                | "$taskmail-done"
+                | "$taskmail-beat"
+        ) || name
+            .strip_prefix("$taskmail-lo-")
+            .is_some_and(|n| n.len() == 2 && digits(n) && n < "32")
+            || name.strip_prefix("$taskmail-lease-").is_some_and(digits)
+    };
+    let odd: Vec<&String> = names.iter().filter(|n| !fixed(n)).collect();
+    assert!(
+        odd.is_empty(),
+        "{}: keyword names outside the fixed vocabulary on {} mails: {odd:?}",
+        server.label(),
+        ids.len()
+    );
+    assert!(
+        names.contains("$taskmail-done"),
+        "{}: no finished task seen on {} mails: {names:?}",
+        server.label(),
+        ids.len()
+    );
+    // The mailbox's own table of keyword names (IMAP FLAGS: Cyrus lists every user flag it
+    // ever allocated for the mailbox; Stalwart lists the system flags only).
+    let table = imap_flags(server, "worker").await;
+    let ours: Vec<&String> = table
+        .iter()
+        .filter(|f| f.starts_with("$taskmail-"))
+        .collect();
+    let odd: Vec<&&String> = ours.iter().filter(|n| !fixed(n)).collect();
+    assert!(
+        odd.is_empty(),
+        "{}: the mailbox allocated keyword names outside the fixed vocabulary: {odd:?}",
+        server.label()
+    );
+    assert!(
+        ours.len() <= 32 + 1 + 4 + 4,
+        "{}: {} taskmail keyword names allocated: {ours:?}",
+        server.label(),
+        ours.len()
+    );
+}
+
+/// The FLAGS of the account's INBOX over IMAP (EXAMINE: read-only), lowercased.
+async fn imap_flags(server: &Server, user: &str) -> Vec<String> {
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+    let account = server.account(user);
+    let stream = tokio::net::TcpStream::connect(("127.0.0.1", server.imap_port))
+        .await
+        .unwrap_or_else(|e| panic!("{}: IMAP connect: {e}", server.label()));
+    let (read, mut write) = stream.into_split();
+    let mut lines = BufReader::new(read).lines();
+    let command = format!(
+        "a LOGIN \"{}\" \"{}\"\r\nb EXAMINE INBOX\r\nc LOGOUT\r\n",
+        account.email, account.password
+    );
+    write.write_all(command.as_bytes()).await.unwrap();
+    let mut flags = None;
+    let deadline = Duration::from_secs(30);
+    while let Ok(Ok(Some(line))) = tokio::time::timeout(deadline, lines.next_line()).await {
+        if let Some(list) = line.strip_prefix("* FLAGS (") {
+            flags = Some(
+                list.trim_end_matches(')')
+                    .split_ascii_whitespace()
+                    .map(str::to_ascii_lowercase)
+                    .collect(),
+            );
+        }
+        assert!(
+            !line.starts_with("a NO") && !line.starts_with("b NO") && !line.starts_with("a BAD"),
+            "{}: IMAP: {line}",
+            server.label()
+        );
+        if line.starts_with("c ") {
+            break;
+        }
+    }
+    flags.unwrap_or_else(|| panic!("{}: no FLAGS in the EXAMINE answer", server.label()))
 }
 
 /// The child's stderr: appended to `run.log` in its dir (kept with `TASKMAIL_FAULT_KEEP=1`).

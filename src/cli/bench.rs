@@ -8,7 +8,10 @@
 //!    bench's own JMAP follower (push hint, `Email/changes`, `Email/get` of the headers) sees it:
 //!    the fastest a task could possibly come back, since a result takes the same path. Then it
 //!    submits `--floor-messages` bare messages to itself with `--concurrency` submissions at
-//!    once over the same connection pool the dispatches use: the raw submission rate.
+//!    once over the same connection pool the dispatches use: the raw submission rate, and the
+//!    delivery rate (from the first submission until the follower saw the last of them): the
+//!    server's intake, a ceiling of three times the task rate (a task is delivered three
+//!    times: the dispatch, the ack and the result).
 //! 2. **Tasks.** It renders N task.dispatch mails (default 1000; instructions of `--body-size`
 //!    bytes; signed when the account has a signing key) to `--to`, a worker address served by
 //!    `taskmail run` with the `echo` agent (any agent works; echo measures taskmail, not the
@@ -30,7 +33,7 @@
 //! a task, with its own Message-ID), `redelivered` (a result mail delivered again with the same
 //! Message-ID: an SMTP resend after a lost reply, which readers drop), `latencyMs` (`p50`,
 //! `p90`, `p99`, `max`), `tasksPerSecond`, `submitPerSecond`, `floor` (`samples`, `latencyMs`,
-//! `submitPerSecond`), `overheadP50Ms`. Exit 0 when nothing was lost and nothing came twice, 1
+//! `submitPerSecond`, `delivered`, `deliverPerSecond`), `overheadP50Ms`. Exit 0 when nothing was lost and nothing came twice, 1
 //! otherwise (the report is printed either way), 69/75/77 when the servers cannot be used.
 
 use std::collections::{HashMap, HashSet};
@@ -254,8 +257,18 @@ impl BenchCommand {
         }
         let raw_started = Instant::now();
         let raw_sent = Arc::new(AtomicUsize::new(0));
-        let raw = (0..self.floor_messages)
-            .map(|i| bare(account, &format!("taskmail bench floor {run} rate {i}")))
+        let raw_subjects: Vec<String> = (0..self.floor_messages)
+            .map(|i| format!("taskmail bench floor {run} rate {i}"))
+            .collect();
+        {
+            let mut seen = lock(&seen);
+            for subject in &raw_subjects {
+                seen.floor.insert(subject.clone(), (raw_started, None));
+            }
+        }
+        let raw = raw_subjects
+            .iter()
+            .map(|subject| bare(account, subject))
             .collect::<Vec<_>>();
         let raw_count = raw.len();
         pump(
@@ -272,6 +285,29 @@ impl BenchCommand {
         )
         .await?;
         let raw_elapsed = raw_started.elapsed();
+        // The delivery rate: until the follower saw every bare message (the server's intake,
+        // which bounds tasks/s at a third of it: a task is delivered three times, as the
+        // dispatch, the ack and the result).
+        let delivered_by =
+            Instant::now() + FLOOR_PATIENCE + Duration::from_millis(10) * raw_count as u32;
+        let raw_delivered = loop {
+            let (count, last) = {
+                let seen = lock(&seen);
+                let arrivals: Vec<Instant> = raw_subjects
+                    .iter()
+                    .filter_map(|s| seen.floor.get(s).and_then(|(_, at)| *at))
+                    .collect();
+                (arrivals.len(), arrivals.into_iter().max())
+            };
+            progress.show("floor delivery", count, raw_count, 0);
+            if count == raw_count || Instant::now() >= delivered_by {
+                break (
+                    count,
+                    last.map(|at| at.saturating_duration_since(raw_started)),
+                );
+            }
+            let _ = tokio::time::timeout_at(delivered_by.into(), seen_rx.recv()).await;
+        };
 
         // 2. The tasks.
         let instructions = filler(self.body_size);
@@ -396,6 +432,8 @@ impl BenchCommand {
                 "latencyMs": latency_json(&floor_latencies),
                 "messages": raw_count,
                 "submitPerSecond": rate(raw_count, raw_elapsed),
+                "delivered": raw_delivered.0,
+                "deliverPerSecond": raw_delivered.1.map(|over| rate(raw_delivered.0, over)),
             },
             "overheadP50Ms": match (p50, floor_p50) {
                 (Some(a), Some(b)) => json!(((millis(a) - millis(b)) * 10.0).round() / 10.0),
@@ -466,6 +504,16 @@ impl BenchCommand {
                     floor["submitPerSecond"].as_f64().unwrap_or(0.0),
                     floor["messages"]
                 ),
+            ),
+            (
+                "floor deliveries/s",
+                match floor["deliverPerSecond"].as_f64() {
+                    Some(rate) => format!(
+                        "{rate:.1} ({} of {} seen; a task is three deliveries)",
+                        floor["delivered"], floor["messages"]
+                    ),
+                    None => "-".to_owned(),
+                },
             ),
             ("p50 over floor", ms(&report["overheadP50Ms"])),
         ];
