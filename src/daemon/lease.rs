@@ -449,6 +449,16 @@ pub(crate) enum LeaseError {
     Store(#[from] StoreError),
 }
 
+/// What a write, wait and read-back round saw ([`Core::round`]).
+struct Round {
+    /// When the write's request left (the lease's freshness starts there).
+    sent: Instant,
+    /// The keywords read back, for the writes the server took.
+    back: HashMap<String, BTreeSet<String>>,
+    /// Mails whose write the server refused (not not-found).
+    refused: Vec<String>,
+}
+
 /// What a claim candidate is, judged from its keywords.
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Standing {
@@ -827,17 +837,8 @@ where
         if writes.is_empty() {
             return Ok((won, over));
         }
-        let batch: Vec<(String, KeywordWrite)> = writes
-            .iter()
-            .map(|(id, _, w)| (id.clone(), w.clone()))
-            .collect();
-        let sent = Instant::now();
-        let outcomes = self.mail.write_keywords(&batch).await?;
-        let answered = Instant::now();
-        if answered.duration_since(read_at) > wait / 2 {
+        let Some(round) = self.round(read_at, &writes).await? else {
             tracing::warn!(
-                took_ms =
-                    u64::try_from(answered.duration_since(read_at).as_millis()).unwrap_or(u64::MAX),
                 limit_ms = u64::try_from((wait / 2).as_millis()).unwrap_or(u64::MAX),
                 "a claim took longer than half of worker.claim-wait; not entered (raise worker.claim-wait on a slow server)"
             );
@@ -846,33 +847,11 @@ where
                 self.watch(id, keyword);
             }
             return Ok((won, over));
-        }
-        let mut refused = Vec::new();
-        let written: Vec<(String, String)> = writes
-            .into_iter()
-            .zip(outcomes)
-            .filter_map(|((id, keyword, _), outcome)| match outcome {
-                Ok(()) => {
-                    self.health.claimed(self.now());
-                    Some((id, keyword))
-                }
-                Err(error) if error.is_not_found() => None,
-                Err(error) => {
-                    let error = crate::transport::smtp::error_chain(&error);
-                    tracing::warn!(email_id = %id, error = %error, "the server refused the claim keywords on this mail; tried again later (taskmail doctor shows the last refusal)");
-                    self.health.claim_failed(&error, self.now());
-                    refused.push(id);
-                    None
-                }
-            })
-            .collect();
-        self.defer(&refused);
-        tokio::time::sleep_until(answered + wait).await;
-        let ids: Vec<String> = written.iter().map(|(id, _)| id.clone()).collect();
-        let back: HashMap<String, BTreeSet<String>> =
-            self.mail.get_keywords(&ids).await?.into_iter().collect();
-        for (id, keyword) in written {
-            let Some(keywords) = back.get(&id) else {
+        };
+        let sent = round.sent;
+        self.defer(&round.refused);
+        for (id, keyword, _) in writes {
+            let Some(keywords) = round.back.get(&id) else {
                 continue;
             };
             let reading = self.reading(keywords);
@@ -970,34 +949,74 @@ where
         }
         // Stale: the claim round again (write, wait, read back), within the timing bound.
         if !stale.is_empty() {
-            let batch: Vec<(String, KeywordWrite)> = stale
-                .iter()
-                .map(|(id, _, w)| (id.clone(), w.clone()))
-                .collect();
-            let sent = Instant::now();
-            let outcomes = self.mail.write_keywords(&batch).await?;
-            let answered = Instant::now();
-            if answered.duration_since(read_at) > self.settings.claim_wait / 2 {
+            let Some(round) = self.round(read_at, &stale).await? else {
                 for (id, _, _) in &stale {
                     self.lose(id, "renewal of a stale lease too slow");
                 }
                 return Ok(());
-            }
-            tokio::time::sleep_until(answered + self.settings.claim_wait).await;
-            let ids: Vec<String> = stale.iter().map(|(id, _, _)| id.clone()).collect();
-            let back: HashMap<String, BTreeSet<String>> =
-                self.mail.get_keywords(&ids).await?.into_iter().collect();
-            for ((id, next, _), outcome) in stale.into_iter().zip(outcomes) {
-                let token = back.get(&id).and_then(|k| self.reading(k).token());
-                if outcome.is_ok() && token.as_deref() == Some(next.as_str()) {
+            };
+            for (id, next, _) in stale {
+                let token = round.back.get(&id).and_then(|k| self.reading(k).token());
+                if token.as_deref() == Some(next.as_str()) {
                     tracing::info!(email_id = %id, "stale lease confirmed ours again");
-                    self.renewed(&id, next, sent);
+                    self.renewed(&id, next, round.sent);
                 } else {
                     self.lose(&id, "a stale lease did not confirm");
                 }
             }
         }
         Ok(())
+    }
+
+    /// The write, wait and read-back of a claim round (module docs) whose read left at
+    /// `read_at`: `writes` are (email id, our lease token, write). `None` when the write was
+    /// answered later than half of `claim-wait` after the read (enter none). The read-back
+    /// covers the writes the server took; refused ones are logged and returned.
+    async fn round(
+        &self,
+        read_at: Instant,
+        writes: &[(String, String, KeywordWrite)],
+    ) -> Result<Option<Round>, LeaseError> {
+        let wait = self.settings.claim_wait;
+        let batch: Vec<(String, KeywordWrite)> = writes
+            .iter()
+            .map(|(id, _, w)| (id.clone(), w.clone()))
+            .collect();
+        let sent = Instant::now();
+        let outcomes = self.mail.write_keywords(&batch).await?;
+        let answered = Instant::now();
+        if answered.duration_since(read_at) > wait / 2 {
+            tracing::debug!(
+                took_ms =
+                    u64::try_from(answered.duration_since(read_at).as_millis()).unwrap_or(u64::MAX),
+                "lease write answered too late"
+            );
+            return Ok(None);
+        }
+        let mut refused = Vec::new();
+        let mut taken = Vec::new();
+        for ((id, _, _), outcome) in writes.iter().zip(outcomes) {
+            match outcome {
+                Ok(()) => taken.push(id.clone()),
+                Err(error) if error.is_not_found() => {}
+                Err(error) => {
+                    let error = crate::transport::smtp::error_chain(&error);
+                    tracing::warn!(email_id = %id, error = %error, "the server refused the lease keywords on this mail; tried again later (taskmail doctor shows the last refusal)");
+                    self.health.claim_failed(&error, self.now());
+                    refused.push(id.clone());
+                }
+            }
+        }
+        if !taken.is_empty() {
+            self.health.claimed(self.now());
+        }
+        tokio::time::sleep_until(answered + wait).await;
+        let back = self.mail.get_keywords(&taken).await?.into_iter().collect();
+        Ok(Some(Round {
+            sent,
+            back,
+            refused,
+        }))
     }
 
     fn renewed(&self, id: &str, keyword: String, sent: Instant) {
