@@ -34,6 +34,13 @@
 //!
 //! A claim that loses is not an error: the mail is *watched* (someone else has it).
 //!
+//! A read-back that failed (the server went away after taking the write in time) leaves our
+//! lease on the mail, owned by nobody. Reading our own lease there again counts as reading the
+//! mail free: the write landed within `delta/2` of a free read, which is all the argument above
+//! uses of a write, so a fresh round (read, write, wait, read-back) decides as before, and the
+//! mail need not wait a whole lease for a takeover. Only in memory: a daemon that crashed
+//! between sending a write and its answer cannot know when that write landed.
+//!
 //! # Renewal, takeover, freshness
 //!
 //! The owner renews every quarter of `worker.lease` by flipping the lease's beat (setting or
@@ -408,6 +415,10 @@ pub(crate) struct Book {
     pub(crate) owner: String,
     held: Mutex<HashMap<String, Held>>,
     watched: Mutex<HashMap<String, Watched>>,
+    /// Mails (and our lease token) whose claim write was answered in time but whose read-back
+    /// failed (the server went away): a later round may claim them again at once (module docs,
+    /// "A read-back that failed"). In memory only: after a crash the timing is unknown.
+    unconfirmed: Mutex<HashMap<String, String>>,
     /// Free mail we left for later: claimed only when we have room to run it, so that the
     /// other daemons on the mailbox get their share meanwhile.
     backlog: Mutex<VecDeque<String>>,
@@ -753,9 +764,10 @@ where
             Reading::Mixed { token, seconds } => (token.clone(), *seconds),
         };
         if matches!(reading, Reading::One(_))
-            && lock(&self.book.held)
+            && (lock(&self.book.held)
                 .get(id)
                 .is_some_and(|h| !h.lost && h.keyword == keyword)
+                || lock(&self.book.unconfirmed).get(id) == Some(&keyword))
         {
             return Standing::Claimable(Some(keyword));
         }
@@ -968,6 +980,14 @@ where
         Ok(())
     }
 
+    /// Notes writes that landed in time but were never read back (module docs).
+    fn unconfirmed<'a>(&self, writes: impl Iterator<Item = (&'a String, &'a String)>) {
+        let mut unconfirmed = lock(&self.book.unconfirmed);
+        for (id, token) in writes {
+            unconfirmed.insert(id.clone(), token.clone());
+        }
+    }
+
     /// The write, wait and read-back of a claim round (module docs) whose read left at
     /// `read_at`: `writes` are (email id, our lease token, write). `None` when the write was
     /// answered later than half of `claim-wait` after the read (enter none). The read-back
@@ -983,7 +1003,17 @@ where
             .map(|(id, _, w)| (id.clone(), w.clone()))
             .collect();
         let sent = Instant::now();
-        let outcomes = self.mail.write_keywords(&batch).await?;
+        let outcomes = match self.mail.write_keywords(&batch).await {
+            Ok(outcomes) => outcomes,
+            Err(error) => {
+                // NOTE: a failure seen within the bound means the write, if it landed at all,
+                // landed within it (the server that took it answered or died by then).
+                if read_at.elapsed() <= wait / 2 {
+                    self.unconfirmed(writes.iter().map(|(id, token, _)| (id, token)));
+                }
+                return Err(error.into());
+            }
+        };
         let answered = Instant::now();
         if answered.duration_since(read_at) > wait / 2 {
             tracing::debug!(
@@ -1011,7 +1041,24 @@ where
             self.health.claimed(self.now());
         }
         tokio::time::sleep_until(answered + wait).await;
-        let back = self.mail.get_keywords(&taken).await?.into_iter().collect();
+        let back = match self.mail.get_keywords(&taken).await {
+            Ok(back) => back.into_iter().collect(),
+            Err(error) => {
+                self.unconfirmed(
+                    writes
+                        .iter()
+                        .filter(|(id, _, _)| taken.contains(id))
+                        .map(|(id, token, _)| (id, token)),
+                );
+                return Err(error.into());
+            }
+        };
+        {
+            let mut unconfirmed = lock(&self.book.unconfirmed);
+            for id in &taken {
+                unconfirmed.remove(id);
+            }
+        }
         Ok(Some(Round {
             sent,
             back,
