@@ -255,8 +255,16 @@ async fn server_restarted_mid_burst() {
     on_every_server(|server| async move {
         let label = server.label();
         let dir = tempfile::tempdir().unwrap();
-        let text = worker_config_text(&server, dir.path(), "counted", "concurrency = 4")
-            .replace("concurrency = 2\n", "");
+        // NOTE: a claim round cut by the restart after its write was answered late leaves our
+        // lease on its mails, owned by nobody, until a takeover after `lease` (the module docs
+        // of src/daemon/lease.rs): a short lease keeps that within the wait for results.
+        let text = worker_config_text(
+            &server,
+            dir.path(),
+            "counted",
+            "concurrency = 4\nlease = \"15s\"",
+        )
+        .replace("concurrency = 2\n", "");
         let config =
             Config::from_toml_str_with_env(&text, Mode::Strict, &Env::with_home(dir.path()))
                 .unwrap_or_else(|e| panic!("{label}: config: {e}\n{text}"));
