@@ -357,38 +357,51 @@ async fn assert_fixed_keyword_vocabulary(server: &Server) {
 /// The FLAGS of the account's INBOX over IMAP (EXAMINE: read-only), lowercased.
 async fn imap_flags(server: &Server, user: &str) -> Vec<String> {
     use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+    let label = server.label();
     let account = server.account(user);
     let stream = tokio::net::TcpStream::connect(("127.0.0.1", server.imap_port))
         .await
-        .unwrap_or_else(|e| panic!("{}: IMAP connect: {e}", server.label()));
+        .unwrap_or_else(|e| panic!("{label}: IMAP connect: {e}"));
     let (read, mut write) = stream.into_split();
     let mut lines = BufReader::new(read).lines();
-    let command = format!(
-        "a LOGIN \"{}\" \"{}\"\r\nb EXAMINE INBOX\r\nc LOGOUT\r\n",
-        account.email, account.password
-    );
-    write.write_all(command.as_bytes()).await.unwrap();
     let mut flags = None;
-    let deadline = Duration::from_secs(30);
-    while let Ok(Ok(Some(line))) = tokio::time::timeout(deadline, lines.next_line()).await {
-        if let Some(list) = line.strip_prefix("* FLAGS (") {
-            flags = Some(
-                list.trim_end_matches(')')
-                    .split_ascii_whitespace()
-                    .map(str::to_ascii_lowercase)
-                    .collect(),
-            );
-        }
-        assert!(
-            !line.starts_with("a NO") && !line.starts_with("b NO") && !line.starts_with("a BAD"),
-            "{}: IMAP: {line}",
-            server.label()
-        );
-        if line.starts_with("c ") {
-            break;
+    // One command at a time, each answered (tagged) before the next.
+    let commands = [
+        format!("a LOGIN \"{}\" \"{}\"", account.email, account.password),
+        "b EXAMINE INBOX".to_owned(),
+        "c LOGOUT".to_owned(),
+    ];
+    for command in commands {
+        let tag = command[..2].to_owned();
+        write
+            .write_all(format!("{command}\r\n").as_bytes())
+            .await
+            .unwrap();
+        loop {
+            let line = tokio::time::timeout(Duration::from_secs(30), lines.next_line())
+                .await
+                .unwrap_or_else(|_| panic!("{label}: IMAP: no answer to {tag}"))
+                .unwrap_or_else(|e| panic!("{label}: IMAP: {e}"))
+                .unwrap_or_else(|| panic!("{label}: IMAP: closed before {tag}"));
+            if let Some(list) = line.strip_prefix("* FLAGS (") {
+                flags = Some(
+                    list.trim_end_matches(')')
+                        .split_ascii_whitespace()
+                        .map(str::to_ascii_lowercase)
+                        .collect(),
+                );
+            }
+            if let Some(status) = line.strip_prefix(&tag) {
+                assert!(
+                    status.starts_with("OK"),
+                    "{label}: IMAP {}: {line}",
+                    &command[..7]
+                );
+                break;
+            }
         }
     }
-    flags.unwrap_or_else(|| panic!("{}: no FLAGS in the EXAMINE answer", server.label()))
+    flags.unwrap_or_else(|| panic!("{label}: no FLAGS in the EXAMINE answer"))
 }
 
 /// The child's stderr: appended to `run.log` in its dir (kept with `TASKMAIL_FAULT_KEEP=1`).
