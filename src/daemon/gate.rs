@@ -361,7 +361,7 @@ impl TrustGate {
     fn rate_step(&self, input: &GateInput<'_>) -> bool {
         let sender = input.sender.unwrap_or_default();
         let mut limiter = self.limiter.lock().unwrap_or_else(PoisonError::into_inner);
-        limiter.admit(sender, input.now)
+        limiter.admit_once(sender, input.inbound.message_id.as_deref(), input.now)
     }
 }
 

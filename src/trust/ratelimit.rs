@@ -2,7 +2,8 @@
 //! at most `count` messages admitted within any window of `per`. Pure: the caller passes `now`.
 //!
 //! The window lives in memory: a restart forgets it, which only ever lets a peer through
-//! earlier, never refuses it wrongly.
+//! earlier, never refuses it wrongly. A message counted once is not counted again while it is
+//! in the window (a daemon looks at a mail again after a lost claim or from its backlog).
 
 use std::collections::{HashMap, VecDeque};
 use std::time::Duration;
@@ -14,7 +15,8 @@ use chrono::{DateTime, TimeDelta, Utc};
 pub struct RateLimiter {
     count: usize,
     per: TimeDelta,
-    seen: HashMap<String, VecDeque<DateTime<Utc>>>,
+    /// Per peer: when each admitted message was counted, and its key (Message-ID) if any.
+    seen: HashMap<String, VecDeque<(DateTime<Utc>, Option<String>)>>,
 }
 
 impl RateLimiter {
@@ -29,22 +31,33 @@ impl RateLimiter {
 
     /// Whether `peer` may have one more message at `now`; if so it is counted.
     pub fn admit(&mut self, peer: &str, now: DateTime<Utc>) -> bool {
+        self.admit_once(peer, None, now)
+    }
+
+    /// [`RateLimiter::admit`] for the message `key` (its Message-ID): a key already counted in
+    /// the window is admitted again without counting.
+    pub fn admit_once(&mut self, peer: &str, key: Option<&str>, now: DateTime<Utc>) -> bool {
         let start = now
             .checked_sub_signed(self.per)
             .unwrap_or(DateTime::<Utc>::MIN_UTC);
         // NOTE: forget idle peers now and then, so the map stays as small as the active set.
         if self.seen.len() > 4096 {
             self.seen
-                .retain(|_, times| times.back().is_some_and(|t| *t > start));
+                .retain(|_, times| times.back().is_some_and(|(t, _)| *t > start));
         }
         let times = self.seen.entry(peer.to_owned()).or_default();
-        while times.front().is_some_and(|t| *t <= start) {
+        while times.front().is_some_and(|(t, _)| *t <= start) {
             times.pop_front();
+        }
+        if let Some(key) = key
+            && times.iter().any(|(_, k)| k.as_deref() == Some(key))
+        {
+            return true;
         }
         if times.len() >= self.count {
             return false;
         }
-        times.push_back(now);
+        times.push_back((now, key.map(str::to_owned)));
         true
     }
 }
@@ -69,5 +82,27 @@ mod tests {
         assert!(limit.admit("a@x.test", at(60)));
         assert!(!limit.admit("a@x.test", at(69)));
         assert!(limit.admit("a@x.test", at(71)));
+    }
+
+    #[test]
+    fn a_message_looked_at_again_counts_once() {
+        let mut limit = RateLimiter::new(2, Duration::from_secs(60));
+        let t0 = DateTime::from_timestamp(1_900_000_000, 0).unwrap();
+        let at = |s: i64| t0 + TimeDelta::seconds(s);
+        assert!(limit.admit_once("a@x.test", Some("<1@x>"), at(0)));
+        assert!(limit.admit_once("a@x.test", Some("<1@x>"), at(5)));
+        assert!(limit.admit_once("a@x.test", Some("<1@x>"), at(6)));
+        assert!(limit.admit_once("a@x.test", Some("<2@x>"), at(7)));
+        assert!(!limit.admit_once("a@x.test", Some("<3@x>"), at(8)));
+        assert!(
+            limit.admit_once("a@x.test", Some("<2@x>"), at(9)),
+            "counted already"
+        );
+        assert!(
+            !limit.admit_once("a@x.test", None, at(10)),
+            "no key: always counts"
+        );
+        // Out of the window it is a new count.
+        assert!(limit.admit_once("a@x.test", Some("<3@x>"), at(61)));
     }
 }
