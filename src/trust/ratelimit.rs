@@ -15,9 +15,12 @@ use chrono::{DateTime, TimeDelta, Utc};
 pub struct RateLimiter {
     count: usize,
     per: TimeDelta,
-    /// Per peer: when each admitted message was counted, and its key (Message-ID) if any.
-    seen: HashMap<String, VecDeque<(DateTime<Utc>, Option<String>)>>,
+    /// Per peer: the admitted messages in the window, oldest first.
+    seen: HashMap<String, VecDeque<Counted>>,
 }
+
+/// When a message was counted, and its key (Message-ID) if it had one.
+type Counted = (DateTime<Utc>, Option<String>);
 
 impl RateLimiter {
     /// At most `count` per `per`.
