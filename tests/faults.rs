@@ -214,12 +214,6 @@ fn started(worker: &Worker) -> usize {
 /// Three daemons, one mailbox: each task runs once and is answered once; each daemon did some.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn three_workers_share_one_mailbox() {
-    if let Ok(filter) = std::env::var("TASKMAIL_TEST_LOG") {
-        let _ = tracing_subscriber::fmt()
-            .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
-            .with_test_writer()
-            .try_init();
-    }
     on_every_server(|server: Server| async move {
         let label = server.label();
         let n = env_count("TASKMAIL_FAULT_TASKS", 200);

@@ -203,7 +203,7 @@ pub struct Worker {
     /// (`"auto"`, the default) for a random one kept in the state dir.
     pub lease_owner: Option<String>,
     /// The pause between writing a claim and reading it back (the claim protocol's delta):
-    /// a claim whose read-to-write took longer than half of it is not entered.
+    /// a claim whose read-to-write took longer than it is not entered.
     pub claim_wait: Duration,
 }
 

@@ -18,25 +18,26 @@
 //!    lease over every lease keyword: one patch that sets its lease's keywords and clears all
 //!    the other lease keywords (the vocabulary is fixed, below), leaving the marks alone. No
 //!    `ifInState`: whoever writes last wins on the server. One `Email/set` for the batch;
-//! 3. if the answer came back later than `r + delta/2` (`worker.claim-wait` is `delta`), it
+//! 3. if the answer came back later than `r + delta` (`worker.claim-wait` is `delta`), it
 //!    enters none of them: its write may have landed after another claimer's read-back;
-//! 4. waits `delta`, reads the keywords again, and owns exactly the mails whose only lease is
-//!    its own.
+//! 4. waits `delta` from the answer, reads the keywords again, and owns exactly the mails whose
+//!    lease is its own.
 //!
-//! Why no two daemons own a mail: say A and B both own it, B's confirming read-back the later
-//! one. B's read-back saw B's lease, so A's write landed before B's write `w_B` (or after B's
-//! read-back, impossible: A's read-back is earlier and saw A's lease). A read the mail free at
-//! `r_A`, before `w_B`, else it would have seen B's lease. B read it free at `r_B`, before `w_A`
-//! (else it saw A's lease; leases only go at the end), and wrote by `r_B + delta/2 < w_A +
-//! delta/2`. A read back at `>= w_A + delta`, after `w_B > w_A`, and so saw B's lease, not its
-//! own: a contradiction. The timing bound is checked by the claimer on its own clock (request
-//! sent to answer received), so no clock synchronisation is needed.
+//! Why no two daemons own a mail: say A and B both own it, B's confirming read-back `t_B` the
+//! later one. Each write landed before its answer, and each read-back left at least `delta`
+//! after that answer. B's read-back saw B's lease, and `t_B > t_A >= w_A + delta`, so A's write
+//! landed first: `w_A < w_B`. A's read-back saw A's lease, so `w_B` did not land between `w_A`
+//! and `t_A`: `w_B > t_A >= w_A + delta`. B read the mail free at `r_B`, so before `w_A` (from
+//! `w_A` on the mail showed A's lease or a later one until `w_B`; leases only go when a task is
+//! done). So `w_B - r_B > delta`, yet B's write was answered, hence landed, within `delta` of
+//! `r_B`: a contradiction. The bound is checked by the claimer on its own clock (request sent to
+//! answer received), so no clock synchronisation is needed.
 //!
 //! A claim that loses is not an error: the mail is *watched* (someone else has it).
 //!
 //! A read-back that failed (the server went away after taking the write in time) leaves our
 //! lease on the mail, owned by nobody. Reading our own lease there again counts as reading the
-//! mail free: the write landed within `delta/2` of a free read, which is all the argument above
+//! mail free: the write landed within `delta` of a free read, which is all the argument above
 //! uses of a write, so a fresh round (read, write, wait, read-back) decides as before, and the
 //! mail need not wait a whole lease for a takeover. Only in memory: a daemon that crashed
 //! between sending a write and its answer cannot know when that write landed.
@@ -851,8 +852,8 @@ where
         }
         let Some(round) = self.round(read_at, &writes).await? else {
             tracing::warn!(
-                limit_ms = u64::try_from((wait / 2).as_millis()).unwrap_or(u64::MAX),
-                "a claim took longer than half of worker.claim-wait; not entered (raise worker.claim-wait on a slow server)"
+                limit_ms = u64::try_from(wait.as_millis()).unwrap_or(u64::MAX),
+                "a claim took longer than worker.claim-wait; not entered: its mails wait a lease for a takeover (raise worker.claim-wait on a slow server)"
             );
             for (id, keyword, _) in &writes {
                 self.lose(id, "claim too slow");
@@ -990,7 +991,7 @@ where
 
     /// The write, wait and read-back of a claim round (module docs) whose read left at
     /// `read_at`: `writes` are (email id, our lease token, write). `None` when the write was
-    /// answered later than half of `claim-wait` after the read (enter none). The read-back
+    /// answered later than `claim-wait` after the read (enter none). The read-back
     /// covers the writes the server took; refused ones are logged and returned.
     async fn round(
         &self,
@@ -1008,14 +1009,14 @@ where
             Err(error) => {
                 // NOTE: a failure seen within the bound means the write, if it landed at all,
                 // landed within it (the server that took it answered or died by then).
-                if read_at.elapsed() <= wait / 2 {
+                if read_at.elapsed() <= wait {
                     self.unconfirmed(writes.iter().map(|(id, token, _)| (id, token)));
                 }
                 return Err(error.into());
             }
         };
         let answered = Instant::now();
-        if answered.duration_since(read_at) > wait / 2 {
+        if answered.duration_since(read_at) > wait {
             tracing::debug!(
                 took_ms =
                     u64::try_from(answered.duration_since(read_at).as_millis()).unwrap_or(u64::MAX),

@@ -176,6 +176,13 @@ impl Worker {
         agent: &str,
         config: Config,
     ) -> Worker {
+        // NOTE: `TASKMAIL_TEST_LOG=taskmail=debug` shows the in-process daemons' logs.
+        if let Ok(filter) = std::env::var("TASKMAIL_TEST_LOG") {
+            let _ = tracing_subscriber::fmt()
+                .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+                .with_test_writer()
+                .try_init();
+        }
         let label = format!("{} [{agent}]", server.label());
         let env = Env::with_home(dir);
         let profile = taskmail::profile::agent(agent, &config, &env)
