@@ -132,7 +132,7 @@ async fn bench_counts_every_task_once_with_an_echo_worker() {
 
         // The worker ran each task exactly once.
         let mut runs: BTreeMap<String, usize> = BTreeMap::new();
-        for event in worker.events.lock().unwrap().iter() {
+        for event in worker.events().iter() {
             if let EventKind::Started { .. } = &event.kind
                 && let Some(id) = event.kind.task_id()
             {

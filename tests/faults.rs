@@ -203,9 +203,7 @@ fn runs_by(path: &Path, tasks: &BTreeMap<String, String>) -> BTreeMap<String, Ve
 
 fn started(worker: &Worker) -> usize {
     worker
-        .events
-        .lock()
-        .unwrap()
+        .events()
         .iter()
         .filter(|e| matches!(e.kind, taskmail::daemon::EventKind::Started { .. }))
         .count()

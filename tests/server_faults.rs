@@ -160,7 +160,7 @@ async fn push_channel_silently_dead() {
             );
         }
         let mut runs: BTreeMap<String, usize> = BTreeMap::new();
-        for event in worker.events.lock().unwrap().iter() {
+        for event in worker.events().iter() {
             if let EventKind::Started { .. } = &event.kind
                 && let Some(id) = event.kind.task_id()
             {
@@ -219,7 +219,7 @@ async fn restart_server(server: &Server) -> Duration {
 /// Runs per task from the worker's events.
 fn runs_per_task(worker: &Worker) -> BTreeMap<String, usize> {
     let mut runs: BTreeMap<String, usize> = BTreeMap::new();
-    for event in worker.events.lock().unwrap().iter() {
+    for event in worker.events().iter() {
         if let EventKind::Started { .. } = &event.kind
             && let Some(id) = event.kind.task_id()
         {
@@ -715,7 +715,7 @@ async fn smtp_4xx_and_timeouts_neither_lose_nor_duplicate() {
         }
         // The outbox marked every message sent once, under one Message-ID.
         let mut sent: BTreeMap<String, usize> = BTreeMap::new();
-        for event in worker.events.lock().unwrap().iter() {
+        for event in worker.events().iter() {
             if let EventKind::Sent { message_id, .. } = &event.kind {
                 *sent.entry(message_id.clone()).or_default() += 1;
             }

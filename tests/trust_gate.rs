@@ -324,7 +324,7 @@ async fn spoofs_strangers_and_replays_are_refused() {
         // (duplicatesuppression), so there the copy never reaches the gate at all.
         let deadline = Instant::now() + Duration::from_secs(15);
         let dropped = loop {
-            let seen = worker.events.lock().unwrap().iter().any(|e| {
+            let seen = worker.events().iter().any(|e| {
                 matches!(&e.kind, EventKind::Ignored { message_id: Some(m), verdict } if *m == replay_id && verdict == "ignored:duplicate")
             });
             if seen || Instant::now() > deadline {

@@ -602,13 +602,13 @@ async fn push_latency_dispatch_to_result() {
             {
                 to_hint.push(*at - sent);
             }
-            if let Some(sent_result) = worker.events.lock().unwrap().iter().find(|e| {
+            if let Some(sent_result) = worker.events().iter().find(|e| {
                 matches!(&e.kind, EventKind::Sent { task_id: Some(t), intent, .. }
                     if t.as_str() == id && intent == "task.result")
             }) {
                 to_sent.push((sent_result.at - sent_at).to_std().unwrap_or_default());
             }
-            if let Some(received) = worker.events.lock().unwrap().iter().find(|e| {
+            if let Some(received) = worker.events().iter().find(|e| {
                 matches!(&e.kind, EventKind::Received { task_id, .. } if task_id.as_str() == id)
             }) {
                 to_received.push((received.at - sent_at).to_std().unwrap_or_default());

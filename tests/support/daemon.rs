@@ -155,7 +155,9 @@ pub(crate) struct Worker {
     pub(crate) work_root: PathBuf,
     pub(crate) handle: Option<JoinHandle<Result<(), DaemonError>>>,
     pub(crate) stop: Option<oneshot::Sender<()>>,
-    pub(crate) events: Arc<Mutex<Vec<Event>>>,
+    /// Every event so far: read through [`Worker::events`], which first takes what the daemon
+    /// sent since (no collector task that could lag behind an assertion).
+    seen_events: Mutex<(broadcast::Receiver<Event>, Vec<Event>)>,
     /// When each hint reached the daemon.
     pub(crate) hints: Arc<Mutex<Vec<(Instant, Hint)>>>,
 }
@@ -205,19 +207,8 @@ impl Worker {
                 }
             }
         }));
-        let (events_tx, mut events_rx) = broadcast::channel(4096);
+        let (events_tx, events_rx) = broadcast::channel(1 << 16);
         deps.events = Some(events_tx);
-        let events = Arc::new(Mutex::new(Vec::new()));
-        let sink = Arc::clone(&events);
-        tokio::spawn(async move {
-            loop {
-                match events_rx.recv().await {
-                    Ok(event) => sink.lock().unwrap().push(event),
-                    Err(broadcast::error::RecvError::Lagged(_)) => {}
-                    Err(broadcast::error::RecvError::Closed) => return,
-                }
-            }
-        });
         let (stop, stopped) = oneshot::channel::<()>();
         let handle = tokio::spawn(async move {
             daemon::run(&config, deps, async {
@@ -230,7 +221,7 @@ impl Worker {
             work_root: dir.join("work"),
             handle: Some(handle),
             stop: Some(stop),
-            events,
+            seen_events: Mutex::new((events_rx, Vec::new())),
             hints,
         };
         worker
@@ -241,6 +232,25 @@ impl Worker {
         worker
     }
 
+    /// Every event the daemon sent so far, in order (a copy).
+    pub(crate) fn events(&self) -> Vec<Event> {
+        let mut guard = self.seen_events.lock().unwrap();
+        let (rx, seen) = &mut *guard;
+        loop {
+            match rx.try_recv() {
+                Ok(event) => seen.push(event),
+                Err(broadcast::error::TryRecvError::Lagged(n)) => {
+                    panic!(
+                        "{}: {n} daemon events lost (raise the channel size)",
+                        self.label
+                    )
+                }
+                Err(_) => break,
+            }
+        }
+        seen.clone()
+    }
+
     pub(crate) async fn wait_event(
         &self,
         what: &str,
@@ -249,13 +259,7 @@ impl Worker {
     ) -> Event {
         let deadline = Instant::now() + timeout;
         loop {
-            if let Some(found) = self
-                .events
-                .lock()
-                .unwrap()
-                .iter()
-                .find(|e| matches(&e.kind))
-            {
+            if let Some(found) = self.events().iter().find(|e| matches(&e.kind)) {
                 return found.clone();
             }
             if let Some(handle) = &self.handle
@@ -267,16 +271,14 @@ impl Worker {
                 Instant::now() < deadline,
                 "{}: timed out waiting for {what}; events: {:#?}",
                 self.label,
-                self.events.lock().unwrap()
+                self.events()
             );
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
 
     pub(crate) fn events_for(&self, task_id: &str) -> Vec<EventKind> {
-        self.events
-            .lock()
-            .unwrap()
+        self.events()
             .iter()
             .filter(|e| e.kind.task_id().is_some_and(|t| t.as_str() == task_id))
             .map(|e| e.kind.clone())
