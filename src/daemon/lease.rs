@@ -643,10 +643,10 @@ where
         }
     }
 
-    /// How many more mails we may claim now: four times the run slots (at least 32: a claim
+    /// How many more mails we may claim now: eight times the run slots (at least 64: a claim
     /// round takes `claim-wait`, runs may take milliseconds), less what waits or runs.
     pub(crate) fn room(&self) -> usize {
-        let slots = (self.queue.concurrency().max(1) * 4).max(32);
+        let slots = (self.queue.concurrency().max(1) * 8).max(64);
         slots.saturating_sub(self.queue.len() + self.queue.running())
     }
 
