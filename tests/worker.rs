@@ -539,7 +539,12 @@ async fn a_restart_mid_run_completes_the_task_exactly_once() {
             runs_file.exists().then_some(())
         })
         .await;
-        first.kill().await;
+        let before_kill = first.kill().await;
+        // NOTE: on a loaded machine the first run may end (3 s) before the kill lands: then it
+        // was not interrupted and nothing runs again.
+        let interrupted = !before_kill.iter().any(
+            |e| matches!(&e.kind, EventKind::Result { task_id, .. } if task_id.as_str() == id),
+        );
         let second = Worker::start(&server, dir.path(), "counted", "").await;
         let result = dispatcher.wait_intent(&id, "task.result").await;
         let r = result.result().unwrap();
@@ -552,8 +557,8 @@ async fn a_restart_mid_run_completes_the_task_exactly_once() {
         let runs = std::fs::read_to_string(&runs_file).unwrap().len();
         assert_eq!(
             runs,
-            1 + 1,
-            "{}: one run, one re-run after the interruption (at most 1 + {})",
+            1 + usize::from(interrupted),
+            "{}: one run, one re-run after the interruption (at most 1 + {}); interrupted: {interrupted}",
             second.label,
             taskmail::daemon::worker::MAX_INTERRUPTIONS
         );

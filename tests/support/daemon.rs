@@ -312,10 +312,23 @@ impl Worker {
     }
 
     /// A crash: the daemon's future is dropped mid-flight.
-    pub(crate) async fn kill(mut self) {
+    /// Every event it sent before it died.
+    pub(crate) async fn kill(mut self) -> Vec<Event> {
         if let Some(handle) = self.handle.take() {
             handle.abort();
             let _ = handle.await;
+        }
+        self.events()
+    }
+}
+
+impl Drop for Worker {
+    /// A worker dropped without `stop` or `kill` (a test's end, a panic) stops at once: its
+    /// daemon would otherwise live on in the test's runtime after the server lock is released
+    /// and claim the next test's tasks on the same mailbox.
+    fn drop(&mut self) {
+        if let Some(handle) = self.handle.take() {
+            handle.abort();
         }
     }
 }
