@@ -71,7 +71,7 @@ impl ListenCommand {
                 "email": account.email,
                 "state": cursor,
             }));
-            let stop = signal();
+            let stop = super::stop_signal();
             tokio::pin!(stop);
             let mut failures: u32 = 0;
             loop {
@@ -101,7 +101,7 @@ impl ListenCommand {
                     account.jmap.poll_interval
                 };
                 tokio::select! {
-                    () = &mut stop => break,
+                    _ = &mut stop => break,
                     hint = hints.recv() => {
                         if hint.is_none() {
                             tokio::time::sleep(pause).await;
@@ -225,21 +225,4 @@ fn describe(fetched: &Fetched) -> Value {
         }
     }
     value
-}
-
-/// Completes on SIGTERM or SIGINT.
-async fn signal() {
-    use tokio::signal::unix::{SignalKind, signal};
-    match (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-    ) {
-        (Ok(mut term), Ok(mut int)) => {
-            tokio::select! {
-                _ = term.recv() => {}
-                _ = int.recv() => {}
-            }
-        }
-        _ => std::future::pending().await,
-    }
 }

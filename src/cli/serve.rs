@@ -78,7 +78,10 @@ impl ServeCommand {
             }));
             tracing::info!(listen = %addr, agents = agents.len(), "operator API ready");
             server
-                .run_until(signal())
+                .run_until(async {
+                    let signal = super::stop_signal().await;
+                    tracing::info!(signal, "stopping");
+                })
                 .await
                 .map_err(|e| Failure::of("serve", &e, e.exit_code()))?;
             self.emit(json!({"event": "stopped"}));
@@ -109,26 +112,6 @@ impl ServeCommand {
                 }
             }
             _ => eprintln!("stopped"),
-        }
-    }
-}
-
-/// Completes on SIGTERM or SIGINT.
-async fn signal() {
-    use tokio::signal::unix::{SignalKind, signal};
-    match (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-    ) {
-        (Ok(mut term), Ok(mut int)) => {
-            tokio::select! {
-                _ = term.recv() => tracing::info!(signal = "SIGTERM", "stopping"),
-                _ = int.recv() => tracing::info!(signal = "SIGINT", "stopping"),
-            }
-        }
-        _ => {
-            tracing::error!("cannot listen for signals; stop with SIGKILL");
-            std::future::pending().await
         }
     }
 }

@@ -61,11 +61,11 @@ impl WatchCommand {
             // the index too: anything it broadcasts twice is dropped by id).
             let mut cursor = load_cursor(&mailbox)?;
             self.backlog(&mailbox, &mut cursor, &mut printed)?;
-            let signal = signal();
+            let signal = super::stop_signal();
             tokio::pin!(signal);
             loop {
                 tokio::select! {
-                    () = &mut signal => break,
+                    _ = &mut signal => break,
                     event = events.recv() => match event {
                         Ok(MailboxEvent::Frame(frame)) => {
                             self.emit(&mailbox, &frame, &mut printed)?;
@@ -142,21 +142,5 @@ impl WatchCommand {
         };
         output::write_stdout(line.as_bytes()).map_err(|e| Failure::of("output", &e, 1))?;
         save_cursor(mailbox, &frame.cursor())
-    }
-}
-
-async fn signal() {
-    use tokio::signal::unix::{SignalKind, signal};
-    match (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-    ) {
-        (Ok(mut term), Ok(mut int)) => {
-            tokio::select! {
-                _ = term.recv() => {}
-                _ = int.recv() => {}
-            }
-        }
-        _ => std::future::pending().await,
     }
 }
